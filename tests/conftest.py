@@ -1,0 +1,65 @@
+"""Shared fixtures: real MNIST, a real tiny training (seconds), a real ONNX export.
+
+Everything here is session-scoped and built once per test run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("TOOLKIT_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from train.data import load_mnist
+
+    return load_mnist(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mnist):
+    """A real 1-epoch training on 10,000 images (~90% test accuracy), written by the library."""
+    from train.run import train_to_files
+
+    out = tmp_path_factory.mktemp("tiny") / "model.pth"
+    summary = train_to_files(out=out, epochs=1, train_subset=10000, seed=0, device="cpu", progress=False)
+    return out, summary
+
+
+@pytest.fixture
+def tiny_ckpt(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny checkpoint in this test's own tmp_path."""
+    dst = tmp_path / "model.pth"
+    shutil.copy(tiny_run[0], dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_session(tiny_run, tmp_path_factory) -> Path:
+    from export.onnx_export import contract_for, export_onnx
+    from train.checkpoint import build_model, load_checkpoint
+
+    ck = load_checkpoint(tiny_run[0])
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(build_model(ck), path, contract_for(ck, 17))
+    return path
+
+
+@pytest.fixture
+def tiny_onnx(tiny_onnx_session, tmp_path) -> Path:
+    """A private copy of an exported ONNX model of the tiny checkpoint."""
+    dst = tmp_path / "model.onnx"
+    shutil.copy(tiny_onnx_session, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

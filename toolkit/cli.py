@@ -1,0 +1,70 @@
+"""`toolkit` command line. Commands only parse arguments and call library functions;
+library errors (toolkit.errors) become one line on stderr and a documented exit code.
+
+Nothing heavy is imported here: `toolkit --help` and `toolkit predict` never load torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, ToolkitError
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    success
+  1    an input, model, checkpoint or output path is unusable (the message names it)
+  2    usage error (bad option or argument)
+  3    finished, but some input files were skipped (predict)
+  4    a validation gate failed (export parity, INT8 accuracy)
+  5    requested environment unavailable (CUDA provider, display)
+  130  interrupted; files already completed are kept intact
+"""
+
+
+class ToolkitGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ToolkitError as e:
+            click.echo(f"toolkit: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("toolkit: interrupted; completed files are intact, partial ones were removed", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=ToolkitGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="toolkit")
+def cli() -> None:
+    """Train the MNIST MLP, export it to TorchScript/ONNX with a parity gate,
+    and run it anywhere ONNX Runtime runs.
+
+    \b
+    Typical flow:
+      toolkit train                  # -> model.pth (+ metrics, figures)
+      toolkit export model.pth       # -> model.pt, model.onnx, parity report
+      toolkit predict ./samples      # ONNX Runtime only, no torch
+      toolkit bench --provider cpu   # latency / throughput
+    """
+
+
+def _register() -> None:
+    from .commands import bench_cmd, draw_cmd, export_cmd, inspect_cmd, predict_cmd, train_cmd
+
+    for module in (train_cmd, export_cmd, inspect_cmd, predict_cmd, bench_cmd, draw_cmd):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main() -> None:
+    cli.main(prog_name="toolkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Typed errors raised by the library; the CLI turns each into one line and an exit code.
+
+Exit codes (documented in README and `toolkit --help`):
+  0  success
+  1  an input, model, checkpoint or output path is unusable (the message names it)
+  2  usage error (bad option or argument)
+  3  finished, but some input files were skipped (predict)
+  4  a validation gate failed (export parity, INT8 accuracy)
+  5  the requested environment is unavailable (CUDA provider, display)
+  130 interrupted (Ctrl-C); files already completed are kept intact
+"""
+
+from __future__ import annotations
+
+import os
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_GATE = 4
+EXIT_UNAVAILABLE = 5
+EXIT_INTERRUPTED = 130
+
+
+class ToolkitError(Exception):
+    """Base class: a problem the user can act on, reported without a traceback."""
+
+    exit_code = EXIT_ERROR
+
+
+class FileProblem(ToolkitError):
+    """A specific file is unusable. The message always starts with the file's path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DataError(FileProblem):
+    """A dataset file is missing, corrupt or has the wrong checksum."""
+
+
+class CheckpointError(FileProblem):
+    """A checkpoint cannot be loaded safely or does not hold this architecture."""
+
+
+class ModelError(FileProblem):
+    """An exported model (ONNX/TorchScript) is missing, corrupt or breaks its contract."""
+
+
+class ImageError(FileProblem):
+    """An input image cannot be decoded or is not allowed."""
+
+
+class OutputError(FileProblem):
+    """An output path cannot be written, or exists and would be replaced without --force."""
+
+
+class ValidationFailed(ToolkitError):
+    """An exported artefact does not match the reference beyond tolerance."""
+
+    exit_code = EXIT_GATE
+
+
+class ProviderUnavailable(ToolkitError):
+    """The requested execution provider (e.g. CUDA) cannot be used on this machine."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class DisplayUnavailable(ToolkitError):
+    """No display is available for the drawing pad."""
+
+    exit_code = EXIT_UNAVAILABLE

@@ -1,0 +1,188 @@
+"""Checkpoints: written atomically, read only with ``torch.load(weights_only=True)``.
+
+A toolkit checkpoint is a dict of plain types and tensors, so the restricted
+unpickler of ``weights_only=True`` can read it; it carries everything needed to
+rebuild the model from the file alone. A bare ``state_dict`` saved the seed's way
+(``torch.save(model.state_dict(), "model.pth")``) is accepted too, with the
+seed's defaults filled in for what it does not say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.atomic import atomic_path
+from toolkit.errors import CheckpointError
+from toolkit.preprocess import MNIST, PreprocessSpec
+
+FORMAT = "toolkit.mlp-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_CLASSES = [str(i) for i in range(10)]
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    sha256: str
+    kind: str  # "toolkit" or "state_dict"
+    state_dict: dict
+    config: "object"  # MLPConfig
+    preprocess: PreprocessSpec
+    classes: list[str]
+    recipe: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    created: str | None = None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    import torch
+
+    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    try:
+        import torchvision
+
+        out["torchvision"] = str(torchvision.__version__)
+    except Exception:
+        pass
+    from toolkit import __version__
+
+    out["toolkit"] = __version__
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: dict,
+                    classes: list[str] = DEFAULT_CLASSES, preprocess: PreprocessSpec = MNIST) -> None:
+    import datetime
+
+    import torch
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "config": model.config.to_dict(),
+        "preprocess": preprocess.to_dict(),
+        "classes": list(classes),
+        "recipe": recipe,
+        "metrics": metrics,
+        "versions": versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _sniff_failure(path: Path, head: bytes, error: Exception) -> str:
+    if path.suffix.lower() == ".onnx" or head[:2] == b"\x08\x07" or b"onnx" in head[:64].lower():
+        return "is an ONNX model, not a PyTorch checkpoint (export takes the .pth file)"
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error).lower().replace(" ", "_"):
+        return ("refused: the pickle references code or types that weights_only=True does not allow "
+                "(it could execute code on load); only tensors and plain data are accepted")
+    if head[:2] == b"PK":
+        return f"damaged or truncated checkpoint archive ({type(error).__name__})"
+    if head[:1] == b"\x80":
+        return "refused: a pickle that is not a plain tensor checkpoint"
+    return "not a PyTorch checkpoint (unrecognised content)"
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+    import torch
+
+    from .model import MLPConfig
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(path, "no such file")
+    if path.is_dir():
+        raise CheckpointError(path, "is a directory, expected a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(path, "empty file (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad input; every one is a user-facing file problem
+        raise CheckpointError(path, _sniff_failure(path, head, e)) from None
+    digest = file_sha256(path)
+
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        try:
+            loaded = LoadedCheckpoint(
+                path=path, sha256=digest, kind="toolkit",
+                state_dict=dict(obj["state_dict"]),
+                config=MLPConfig.from_dict(obj["config"]),
+                preprocess=PreprocessSpec.from_dict(obj["preprocess"]),
+                classes=[str(c) for c in obj["classes"]],
+                recipe=dict(obj.get("recipe") or {}),
+                metrics=dict(obj.get("metrics") or {}),
+                versions=dict(obj.get("versions") or {}),
+                created=obj.get("created"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(path, f"toolkit checkpoint with a malformed field ({e})") from None
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        loaded = LoadedCheckpoint(path=path, sha256=digest, kind="state_dict", state_dict=dict(obj),
+                                  config=MLPConfig(), preprocess=MNIST, classes=list(DEFAULT_CLASSES))
+    else:
+        raise CheckpointError(path, f"holds a {type(obj).__name__}, not a toolkit checkpoint or a state_dict")
+    _check_state_dict(loaded)
+    return loaded
+
+
+def _check_state_dict(loaded: LoadedCheckpoint) -> None:
+    """Name exactly what differs from the architecture, and refuse non-finite weights."""
+    import torch
+
+    from .model import SimpleNN
+
+    expected = SimpleNN(loaded.config).state_dict()
+    got = loaded.state_dict
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    mismatched = [f"{k} {tuple(got[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in got and tuple(got[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch {_short(mismatched)}")
+    if problems:
+        raise CheckpointError(loaded.path, f"not a {loaded.config.describe()} state_dict: " + "; ".join(problems))
+    for k, v in got.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(loaded.path, f"tensor {k} has {bad} NaN/Inf value(s); refusing to use it")
+
+
+def _short(items: list[str], n: int = 3) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def build_model(loaded: LoadedCheckpoint):
+    """The model in eval mode, weights loaded strictly."""
+    from .model import SimpleNN
+
+    model = SimpleNN(loaded.config)
+    model.load_state_dict(loaded.state_dict, strict=True)
+    return model.eval()
+
+

@@ -1,0 +1,71 @@
+"""`toolkit train` as a library call: data -> training -> checkpoint, metrics and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from toolkit.atomic import atomic_path, check_writable, write_text
+
+from . import figures
+from .checkpoint import DEFAULT_CLASSES, save_checkpoint
+from .data import load_mnist
+from .recipes import RECIPES
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    stem = out.with_suffix("")
+    return {
+        "checkpoint": out,
+        "metrics": Path(f"{stem}.metrics.json"),
+        "samples": Path(f"{stem}.samples.png"),
+        "confusion": Path(f"{stem}.confusion.png"),
+    }
+
+
+def train_to_files(*, out, recipe_name="seed", epochs=None, batch_size=None, lr=None, seed=0, device="auto",
+                   data_dir=None, train_subset=None, progress=True, force=False) -> dict:
+    import torch
+
+    from .trainer import resolve_device, train
+
+    paths = output_paths(out)
+    for p in paths.values():  # refuse before spending minutes on training
+        check_writable(p, force=force)
+    recipe = RECIPES[recipe_name].with_overrides(epochs=epochs, batch_size=batch_size, lr=lr)
+    device = resolve_device(device)
+    data = load_mnist(data_dir, quiet=not progress)
+    images, labels = data.train_images, data.train_labels
+    if train_subset:
+        images, labels = images[:train_subset], labels[:train_subset]
+
+    result = train(recipe, images, labels, data.test_images, data.test_labels, seed=seed, device=device,
+                   progress=progress)
+    final = result.history[-1]
+    cm = figures.confusion_matrix(data.test_labels, result.test_predictions, len(DEFAULT_CLASSES))
+    per_class = (cm.diagonal() / cm.sum(axis=1)).tolist()
+    metrics = {
+        "test_accuracy": final["test_accuracy"],
+        "test_loss": final["test_loss"],
+        "train_loss": final["train_loss"],
+        "test_images": int(len(data.test_labels)),
+        "train_images": int(len(labels)),
+        "per_class_accuracy": per_class,
+        "train_seconds": result.seconds,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "history": result.history,
+    }
+    recipe_dict = recipe.to_dict()
+    save_checkpoint(paths["checkpoint"], model=result.model, recipe=recipe_dict, metrics=metrics)
+    write_text(paths["metrics"], json.dumps({"recipe": recipe_dict, "metrics": metrics,
+                                             "confusion_matrix": cm.tolist()}, indent=2) + "\n")
+    with atomic_path(paths["samples"]) as tmp:
+        figures.sample_grid(tmp, data.train_images[:16], data.train_labels[:16], DEFAULT_CLASSES)
+    with atomic_path(paths["confusion"]) as tmp:
+        figures.confusion_png(tmp, cm, DEFAULT_CLASSES,
+                              title=f"Confusion matrix (test accuracy {final['test_accuracy'] * 100:.2f}%)")
+    return {"test_accuracy": final["test_accuracy"], "epochs": recipe.epochs, "train_seconds": result.seconds,
+            "device": device, "files": [str(p) for p in paths.values()]}

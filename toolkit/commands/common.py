@@ -8,3 +8,13 @@ force_option = click.option("--force", is_flag=True,
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False), envvar="TOOLKIT_DATA_DIR", show_envvar=True,
     help="MNIST cache (torchvision layout: <dir>/MNIST/raw). Default: ~/.cache/toolkit/data.")
+
+model_option = click.option("--model", "model", type=click.Path(dir_okay=False), default="model.onnx",
+                            show_default=True, help="Exported ONNX model (made by `toolkit export model.pth`).")
+
+
+def provider_option(choices=("auto", "cpu", "cuda"), default="auto"):
+    return click.option(
+        "--provider", type=click.Choice(list(choices)), default=default, show_default=True,
+        help="ONNX Runtime execution provider. auto: CUDA when it really works (and says so), else CPU; "
+             "cuda: fail with the reason if CUDA cannot be used, never a silent CPU fallback.")

@@ -238,15 +238,23 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        # Python 3 writes protocol-2 bytes via _codecs.encode; it only converts str to bytes.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
         if name == "_reconstruct":
-            from numpy.core.multiarray import _reconstruct  # numpy 2 keeps this alias
-
+            try:
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # numpy < 2
+                from numpy.core.multiarray import _reconstruct
             return _reconstruct
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
         return getattr(np, name)
 
 

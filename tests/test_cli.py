@@ -1,0 +1,79 @@
+"""The CLI surface: every command's --help, start-up without torch, train end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from toolkit.cli import cli
+
+COMMANDS = ["train", "export", "inspect", "predict", "bench", "draw"]
+
+
+@pytest.mark.parametrize("args", [["--help"]] + [[c, "--help"] for c in COMMANDS])
+def test_help(args):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_top_level_help_lists_exit_codes():
+    out = CliRunner().invoke(cli, ["--help"]).output
+    for code in ("0", "1", "2", "3", "4", "5", "130"):
+        assert f"  {code} " in out
+
+
+@pytest.mark.parametrize("args", [["--help"]] + [[c, "--help"] for c in COMMANDS])
+def test_help_does_not_import_torch(args):
+    code = ("import sys; from toolkit.cli import main; sys.argv=['toolkit', *%r]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert 'onnx' not in sys.modules, 'onnx was imported'" % (args,))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_train_cli_and_inspect_json(tmp_path, mnist):
+    runner = CliRunner()
+    out = tmp_path / "m.pth"
+    result = runner.invoke(cli, ["train", "--epochs", "1", "--train-subset", "3000", "--out", str(out),
+                                 "--no-progress", "--recipe", "onecycle"])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output
+    info = runner.invoke(cli, ["inspect", str(out), "--json"])
+    assert info.exit_code == 0, info.output
+    data = json.loads(info.output)
+    assert 0.5 < data["metrics"]["test_accuracy"] <= 1.0
+    assert data["parameters"] == 784 * 512 + 512 + 2 * 512 + 512 * 256 + 256 + 2 * 256 + 256 * 128 + 128 + 2 * 128 + 128 * 10 + 10
+    assert data["recipe"]["name"] == "onecycle" and data["preprocess"]["mean"] == 0.5
+    text = runner.invoke(cli, ["inspect", str(out)])
+    assert "784-512-256-128-10" in text.output and "test accuracy" in text.output
+    again = runner.invoke(cli, ["train", "--epochs", "1", "--train-subset", "3000", "--out", str(out), "--no-progress"])
+    assert again.exit_code == 1
+    assert again.output.strip().splitlines()[-1] == f"toolkit: error: {out}: already exists; pass --force to replace it"
+
+
+@pytest.mark.parametrize("args,code", [
+    (["train", "--epochs", "0"], 2),
+    (["train", "--recipe", "nope"], 2),
+    (["inspect", "does-not-exist.pth"], 1),
+])
+def test_bad_arguments(args, code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code
+    assert "Traceback" not in result.output
+
+
+def test_cuda_device_unavailable_is_exit_5(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(cli, ["train", "--device", "cuda", "--out", str(tmp_path / "m.pth"), "--no-progress"])
+    assert result.exit_code == 5
+    assert "no usable CUDA device" in result.output

@@ -33,7 +33,7 @@ class ToolkitGroup(click.Group):
             click.echo(f"toolkit: error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("toolkit: interrupted; completed files are intact, partial ones were removed", err=True)
+            click.echo("toolkit: interrupted (no partially written file is left behind)", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 
 

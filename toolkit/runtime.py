@@ -179,3 +179,31 @@ class Predictor:
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W) already in model format (see preprocess.to_model_pixels)."""
         return softmax(self.logits(self.contract.preprocess.normalize(pixels)).astype(np.float32))
+
+
+def session_on(path: str | os.PathLike, provider: str, opts, cuda_options: dict | None = None):
+    """A session on exactly ``provider`` ("cpu" or "cuda") with the caller's SessionOptions.
+
+    For tools that tune their own options (the benchmark). CUDA follows the same rules as
+    ``cuda_session`` and may take provider options (e.g. ``enable_cuda_graph``); when CUDA
+    cannot be used this raises ProviderUnavailable with the reason instead of returning a CPU session.
+    """
+    path = Path(path)
+    ort = import_ort()
+    if provider == "cpu":
+        return _load(ort, path, opts, [CPU])
+    if provider != "cuda":
+        raise ValueError("provider must be 'cpu' or 'cuda'")
+    if CUDA not in ort.get_available_providers():
+        raise ProviderUnavailable("this onnxruntime build has no CUDA execution provider (install onnxruntime-gpu)")
+    with captured_stderr() as lines:
+        if hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()
+            except Exception as e:
+                lines.append(f"error: preload_dlls failed: {e}")
+        session = _load(ort, path, opts, [(CUDA, dict(cuda_options or {})), CPU])
+    if session.get_providers()[0] != CUDA:
+        raise ProviderUnavailable("CUDA provider could not be loaded: "
+                                  + _reason(lines, "no CUDA device or libraries found"))
+    return session

@@ -1,7 +1,119 @@
+import shlex
+
 import click
+
+from .common import force_option, model_option, provider_option
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not items or min(items) < 1:
+        raise click.BadParameter("batch sizes must be integers >= 1")
+    return tuple(dict.fromkeys(items))
+
+
+def _as_command(model, provider, engines, batch_sizes, warmup, runs, duration, threads, cuda_graph, no_peak) -> str:
+    """The run as one explicit command line, so a results page can say exactly what made it."""
+    args = ["toolkit", "bench", "--model", str(model), "--provider", provider,
+            "--batch-sizes", ",".join(map(str, batch_sizes)), "--warmup", str(warmup)]
+    if engines:
+        args += ["--engines", ",".join(engines)]
+    if runs is not None:
+        args += ["--runs", str(runs)]
+    if duration is not None:
+        args += ["--duration", str(duration)]
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    args += ["--cuda-graph"] if cuda_graph else []
+    args += ["--no-peak"] if no_peak else []
+    return shlex.join(args)
+
+
+def _name_list(ctx, param, value):
+    if value is None:
+        return None
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    if not names:
+        raise click.BadParameter("name at least one engine")
+    return names
 
 
 @click.command("bench")
-def command() -> None:
-    """(not implemented yet)"""
-    raise click.ClickException("not implemented yet")
+@model_option
+@provider_option(choices=("auto", "cpu", "cuda", "all"), default="auto")
+@click.option("--engines", callback=_name_list, metavar="NAMES",
+              help="Comma-separated engines: ort, ort-int8, torchscript, eager (or a plug-in). "
+                   "Default: every one whose file (<stem>.onnx/.int8.onnx/.pt/.pth beside --model) and "
+                   "library are present; the others are listed as skipped.")
+@click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_int_list,
+              help="Comma-separated batch sizes.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed runs per case after the first run.")
+@click.option("--runs", type=click.IntRange(min=1), help="Exactly this many timed runs per case.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds of timed runs per case (at least 10 runs). Default 0.5 unless --runs is given.")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for ONNX Runtime and torch, and "
+              "BLAS threads for the matmul peak. Default: the physical cores available.")
+@click.option("--cuda-graph", is_flag=True, help="On CUDA, also time ONNX Runtime replaying a captured CUDA graph.")
+@click.option("--no-peak", is_flag=True, help="Skip the matrix-multiply peak measurement "
+              "(roofline rows then carry no fraction of peak; the peak goal is not evaluated).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full results as JSON "
+              "(schema: docs/bench-schema.md).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write a PNG of latency and throughput against batch size (needs matplotlib).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@force_option
+def command(model, provider, engines, batch_sizes, warmup, runs, duration, threads, cuda_graph, no_peak,
+            json_path, plot_path, progress, force) -> None:
+    """Measure latency and throughput of the exported model.
+
+    Per engine, provider and batch size: session creation and first run apart, then
+    p50/p90/p99/mean/min/max latency and images/s after warm-up; a roofline against the
+    machine's measured float32 matmul rate; the environment it ran on.
+
+    \b
+    --provider all: CPU, plus CUDA when it really works (else skipped, with why).
+    --provider cuda: exits 5 with the reason when CUDA cannot be used; never a
+    CPU number under a CUDA label. On CUDA, inputs and outputs are resident on
+    the device (mode "device") and the host<->device copies are timed apart
+    ("h2d", "d2h"; "e2e" includes them).
+    """
+    import json
+
+    from toolkit.atomic import check_writable, write_text
+    from toolkit.bench import BenchSettings, engines as registry, run_bench
+    from toolkit.bench.plot import require_matplotlib, write_plot
+    from toolkit.bench.report import render
+
+    if runs is not None and duration is not None:
+        raise click.UsageError("give --runs or --duration, not both")
+    if engines:
+        known = registry()
+        unknown = [n for n in engines if n not in known]
+        if unknown:
+            raise click.BadParameter(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(known)}",
+                                     param_hint="--engines")
+    # Fail before measuring, not after a minute of it.
+    for path in (json_path, plot_path):
+        if path:
+            check_writable(path, force=force)
+    if plot_path:
+        require_matplotlib()
+
+    settings = BenchSettings(model=model, provider=provider, batch_sizes=batch_sizes, warmup=warmup, runs=runs,
+                             duration=duration, threads=threads, engines=engines, cuda_graph=cuda_graph,
+                             peak=not no_peak, command=_as_command(model, provider, engines, batch_sizes, warmup, runs,
+                                                 duration, threads, cuda_graph, no_peak))
+    doc = run_bench(settings, progress=progress)
+    click.echo(render(doc))
+    if json_path:
+        write_text(json_path, json.dumps(doc, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        write_plot(doc, plot_path)
+        click.echo(f"wrote {plot_path}")

@@ -1,0 +1,110 @@
+"""What the numbers were measured on. Reads /proc and package metadata; imports no torch."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+
+def _cpuinfo_blocks() -> list[dict]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return []
+    blocks = []
+    for chunk in text.strip().split("\n\n"):
+        entry = {}
+        for line in chunk.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                entry[key.strip()] = value.strip()
+        blocks.append(entry)
+    return blocks
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_info() -> dict:
+    blocks = _cpuinfo_blocks()
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    cores = set()
+    for b in blocks:
+        if allowed is not None and b.get("processor", "").isdigit() and int(b["processor"]) not in allowed:
+            continue
+        if "core id" in b:
+            cores.add((b.get("physical id", "0"), b["core id"]))
+    usable = usable_cpus()
+    model = next((b["model name"] for b in blocks if "model name" in b), "") or platform.processor() or "unknown"
+    return {
+        "model": model,
+        "logical_cpus": os.cpu_count() or 1,
+        "usable_cpus": usable,
+        # SMT siblings share one core's FMA units, so physical cores is the useful thread count.
+        "physical_cores": min(len(cores), usable) if cores else usable,
+        "machine": platform.machine(),
+    }
+
+
+def physical_cores() -> int:
+    return cpu_info()["physical_cores"]
+
+
+def gpu_info() -> dict | None:
+    """Name and driver of GPU 0 from nvidia-smi, or the kernel driver's version file."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader",
+                                  "--id=0"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                name, driver, memory = (p.strip() for p in out.stdout.strip().splitlines()[0].split(","))
+                return {"name": name, "driver": driver, "memory": memory, "source": "nvidia-smi"}
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            pass
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            first = f.readline().strip()
+        return {"name": None, "driver": first, "memory": None, "source": "/proc/driver/nvidia/version"}
+    except OSError:
+        return None
+
+
+def package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(threads: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    torch = sys.modules.get("torch")  # reported only if an engine really imported it
+    env = {
+        "cpu": cpu_info(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": ort.__version__,
+        "onnxruntime_package": next((p for p in ("onnxruntime-gpu", "onnxruntime") if package_version(p)), None),
+        "torch": str(torch.__version__) if torch is not None else None,
+        "torch_cuda": (torch.version.cuda if torch is not None else None),
+        "gpu": None,
+    }
+    return env

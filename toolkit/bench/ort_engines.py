@@ -1,0 +1,156 @@
+"""ONNX Runtime engines: the exported float32 model and its INT8 variant."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import runtime
+from ..errors import ModelError, ProviderUnavailable
+from .base import Case, Engine, Instance, register
+from .flops import count_flops
+
+SPINNING = "1"  # worker threads spin between runs: lowest latency for back-to-back calls
+
+
+def bench_options(threads: int):
+    """Session options tuned for speed; recorded in the report as they are set."""
+    ort = runtime.import_ort()
+    opts = runtime.session_options(threads)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
+    config = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
+              "intra_op_num_threads": threads, "inter_op_num_threads": 1, "intra_op.allow_spinning": SPINNING}
+    return opts, config
+
+
+class OrtInstance(Instance):
+    def __init__(self, session, provider: str, config: dict, threads: int, cuda_graph: bool, path):
+        super().__init__(providers_used=list(session.get_providers()), config=config)
+        self.session = session
+        self.provider = provider
+        self.threads = threads
+        self.cuda_graph = cuda_graph
+        self.path = path
+        self.input = session.get_inputs()[0].name
+        self.output = session.get_outputs()[0]
+        self._graph_sessions = []
+
+    def cases(self, x: np.ndarray) -> list[Case]:
+        session, inp, out = self.session, self.input, self.output.name
+
+        def e2e():
+            return session.run([out], {inp: x})
+
+        if self.provider == "cpu":
+            return [Case("e2e", e2e)]
+        ort = runtime.import_ort()
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        y_dev = ort.OrtValue.ortvalue_from_shape_and_type(self._output_shape(len(x)), np.float32, "cuda", 0)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(inp, x_dev)
+        binding.bind_ortvalue_output(out, y_dev)
+
+        # run_with_iobinding returns after the CUDA stream is synchronised (ORT's default),
+        # so the clock stops when the result is really there.
+        def device():
+            session.run_with_iobinding(binding)
+
+        def h2d():
+            x_dev.update_inplace(x)
+
+        def d2h():
+            return y_dev.numpy()
+
+        cases = [Case("device", device), Case("e2e", e2e), Case("h2d", h2d, x.nbytes),
+                 Case("d2h", d2h, int(np.prod(self._output_shape(len(x)))) * 4)]
+        if self.cuda_graph:
+            graph = self._graph_case(x)
+            if graph is not None:
+                cases.append(graph)
+        return cases
+
+    def _output_shape(self, batch: int) -> list[int]:
+        dims = self.output.shape[1:]
+        if not all(isinstance(d, int) for d in dims):
+            raise ModelError(self.path, f"output shape {self.output.shape} is not fixed apart from the batch axis; "
+                                        "cannot pre-allocate device outputs")
+        return [batch, *dims]
+
+    def _graph_case(self, x: np.ndarray) -> Case | None:
+        """A CUDA graph is captured for fixed buffers, so each batch size gets its own session."""
+        ort = runtime.import_ort()
+        opts, _ = bench_options(self.threads)
+        t0 = time.perf_counter()
+        try:
+            session = runtime.session_on(self.path, "cuda", opts, {"enable_cuda_graph": "1"})
+        except (ModelError, ProviderUnavailable) as e:
+            # ORT refuses graph capture when any node would run outside the CUDA EP.
+            self.notes.append(f"cuda-graph not timed for batch {len(x)}: {e}")
+            return None
+        self.notes.append(f"cuda-graph session for batch {len(x)} created in {time.perf_counter() - t0:.3f} s")
+        self._graph_sessions.append(session)
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        y_dev = ort.OrtValue.ortvalue_from_shape_and_type(self._output_shape(len(x)), np.float32, "cuda", 0)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(self.input, x_dev)
+        binding.bind_ortvalue_output(self.output.name, y_dev)
+
+        def replay():
+            session.run_with_iobinding(binding)
+
+        return Case("cuda-graph", replay)
+
+    def close(self) -> None:
+        self._graph_sessions.clear()
+        self.session = None
+
+
+_cuda_probe: dict[str, str | None] = {}
+
+
+class OrtFileEngine(Engine):
+    """An ONNX file beside the model, run by ONNX Runtime with the benchmark's session options."""
+
+    def cuda_problem(self, threads: int) -> str | None:
+        key = str(self.artifact().resolve())
+        if key not in _cuda_probe:
+            try:
+                runtime.session_on(self.artifact(), "cuda", bench_options(threads)[0])
+                _cuda_probe[key] = None
+            except ProviderUnavailable as e:
+                _cuda_probe[key] = f"onnxruntime: {e}"
+        return _cuda_probe[key]
+
+    def open(self, provider: str, threads: int, options: dict) -> Instance:
+        opts, config = bench_options(threads)
+        session = runtime.session_on(self.artifact(), provider, opts)
+        if provider == "cuda":
+            config = {**config, "cuda_graph": bool(options.get("cuda_graph"))}
+        instance = OrtInstance(session, provider, config, threads,
+                               bool(options.get("cuda_graph")) and provider == "cuda", self.artifact())
+        # The label comes from the graph itself: metadata copied by a quantizer can still say float32.
+        instance.precision = "int8" if count_flops(self.artifact()).quantized else "float32"
+        if instance.precision != self.precision:
+            instance.notes.append(f"{self.artifact().name} holds a {instance.precision} graph, "
+                                  f"not the {self.precision} this engine expects")
+        return instance
+
+
+@register
+class OrtEngine(OrtFileEngine):
+    name = "ort"
+    description = "ONNX Runtime, the exported float32 model"
+
+    def artifact(self):
+        return self.model
+
+
+@register
+class OrtInt8Engine(OrtFileEngine):
+    name = "ort-int8"
+    precision = "int8"
+    description = "ONNX Runtime, the INT8 variant written by export (<stem>.int8.onnx)"
+    suffix = ".int8.onnx"

@@ -13,7 +13,7 @@ import hashlib
 import os
 import pickle
 import platform
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,14 +87,33 @@ def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: di
         torch.save(payload, tmp)
 
 
+def _looks_like_onnx(path: Path, head: bytes) -> bool:
+    """An ONNX ModelProto starts with field 1 (ir_version, varint): tag byte 0x08."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    if head[:1] != b"\x08":
+        return False
+    try:
+        import onnx
+    except ImportError:
+        # without onnx: ir_version is small and field 2/3/... (producer, graph) follows
+        return len(head) > 2 and head[1] < 0x20 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A, 0x42)
+    try:
+        return len(onnx.load_model_from_string(path.read_bytes()).graph.node) > 0
+    except Exception:  # not protobuf at all: then it is not ONNX either
+        return False
+
+
 def _sniff_failure(path: Path, head: bytes, error: Exception) -> str:
-    if path.suffix.lower() == ".onnx" or head[:2] == b"\x08\x07" or b"onnx" in head[:64].lower():
+    if _looks_like_onnx(path, head):
         return "is an ONNX model, not a PyTorch checkpoint (export takes the .pth file)"
     if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error).lower().replace(" ", "_"):
         return ("refused: the pickle references code or types that weights_only=True does not allow "
                 "(it could execute code on load); only tensors and plain data are accepted")
     if head[:2] == b"PK":
         return f"damaged or truncated checkpoint archive ({type(error).__name__})"
+    if isinstance(error, EOFError):
+        return "truncated file (ended in the middle of the data)"
     if head[:1] == b"\x80":
         return "refused: a pickle that is not a plain tensor checkpoint"
     return "not a PyTorch checkpoint (unrecognised content)"
@@ -116,12 +135,18 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     with open(path, "rb") as f:
         head = f.read(64)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before refusing a file; the refusal is what we report.
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad input; every one is a user-facing file problem
         raise CheckpointError(path, _sniff_failure(path, head, e)) from None
     digest = file_sha256(path)
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if not isinstance(obj.get("state_dict"), dict) or not all(
+                isinstance(v, torch.Tensor) for v in obj["state_dict"].values()):
+            raise CheckpointError(path, "toolkit checkpoint whose state_dict is not a dict of tensors")
         try:
             loaded = LoadedCheckpoint(
                 path=path, sha256=digest, kind="toolkit",
@@ -155,7 +180,7 @@ def _check_state_dict(loaded: LoadedCheckpoint) -> None:
     got = loaded.state_dict
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
-    mismatched = [f"{k} {tuple(got[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+    mismatched = [f"{k} is {tuple(got[k].shape)}, expected {tuple(v.shape)}" for k, v in expected.items()
                   if k in got and tuple(got[k].shape) != tuple(v.shape)]
     problems = []
     if missing:
@@ -165,11 +190,15 @@ def _check_state_dict(loaded: LoadedCheckpoint) -> None:
     if mismatched:
         problems.append(f"shape mismatch {_short(mismatched)}")
     if problems:
-        raise CheckpointError(loaded.path, f"not a {loaded.config.describe()} state_dict: " + "; ".join(problems))
+        raise CheckpointError(loaded.path, f"not a state_dict of the {loaded.config.describe()}: "
+                                           + "; ".join(problems))
     for k, v in got.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             bad = int((~torch.isfinite(v)).sum())
             raise CheckpointError(loaded.path, f"tensor {k} has {bad} NaN/Inf value(s); refusing to use it")
+        if k.endswith("running_var") and bool((v < 0).any()):
+            # a negative variance makes BatchNorm compute sqrt of a negative number: NaN logits
+            raise CheckpointError(loaded.path, f"tensor {k} has negative variances; refusing to use it")
 
 
 def _short(items: list[str], n: int = 3) -> str:

@@ -63,3 +63,12 @@ def tiny_onnx(tiny_onnx_session, tmp_path) -> Path:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory) -> dict:
+    """`toolkit export --int8` of the tiny checkpoint, once: the library's report dict (files under its paths)."""
+    from export.pipeline import export_checkpoint
+
+    out = tmp_path_factory.mktemp("export")
+    return export_checkpoint(tiny_run[0], out_dir=out, int8=True, latency_runs=200)

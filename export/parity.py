@@ -1,0 +1,207 @@
+"""The parity gate: does a file, reloaded from disk, compute what the eager model computes?
+
+The eager model's logits are the reference. Each written file is loaded back the
+way a user would load it (``torch.jit.load``; an ONNX Runtime CPU session that
+also checks the file's own contract) and run on the same inputs: the 10,000 MNIST
+test images and random images at batch sizes 1, 2, 7 and 64, so a batch axis that
+was frozen at export time shows up as a failure.
+
+A float export passes when every logit satisfies numpy's allclose rule,
+``|out - ref| <= atol + rtol * |ref|``. The INT8 variant is judged on accuracy
+instead, because its logits are meant to differ.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from toolkit.errors import ModelError
+from toolkit.preprocess import PreprocessSpec
+
+RANDOM_BATCHES = (1, 2, 7, 64)
+RANDOM_SEED = 0
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Reference:
+    """Inputs and the eager model's logits for them."""
+
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_logits: np.ndarray
+    random_x: dict[int, np.ndarray] = field(default_factory=dict)
+    random_logits: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.test_logits.argmax(1) == self.test_y).mean())
+
+
+def make_reference(model, test_images: np.ndarray, test_labels: np.ndarray, spec: PreprocessSpec) -> Reference:
+    import torch
+
+    test_x = spec.normalize(test_images)
+    rng = np.random.default_rng(RANDOM_SEED)
+    # Random pixels rather than Gaussian noise: inputs stay in the range real images produce.
+    random_x = {b: spec.normalize(rng.integers(0, 256, (b, spec.height, spec.width), dtype=np.uint8))
+                for b in RANDOM_BATCHES}
+    model.eval()
+    with torch.inference_mode():
+        def run(x):
+            return model(torch.from_numpy(x)).numpy().copy()
+
+        return Reference(test_x=test_x, test_y=np.asarray(test_labels), test_logits=run(test_x),
+                         random_x=random_x, random_logits={b: run(x) for b, x in random_x.items()})
+
+
+# ---------------------------------------------------------------- loading written files
+
+def torchscript_runner(path: str | os.PathLike) -> Runner:
+    import torch
+
+    from .torchscript_export import load_torchscript
+
+    try:
+        module, _ = load_torchscript(path)
+    except Exception as e:  # torch.jit.load raises RuntimeError/ValueError/zip errors for bad files
+        raise ModelError(path, f"torch.jit.load cannot load it ({_first_line(e)})") from None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy().copy()
+
+    return run
+
+
+def onnx_runner(path: str | os.PathLike) -> Runner:
+    """An ONNX Runtime CPU session whose input/output names come from the file's own contract."""
+    from toolkit.runtime import create_session, read_contract
+
+    session, _, _ = create_session(path, provider="cpu")
+    contract = read_contract(session, path)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([contract.output_name], {contract.input_name: x})[0]
+
+    return run
+
+
+RUNNERS = {"torchscript": torchscript_runner, "onnx": onnx_runner, "onnx-int8": onnx_runner}
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+# ---------------------------------------------------------------- comparing
+
+@dataclass
+class Comparison:
+    """How far one format's logits are from the eager model's."""
+
+    format: str
+    max_abs_diff: float = 0.0  # over the test set and the random batches
+    test_max_abs_diff: float = 0.0
+    max_rel_diff: float = 0.0
+    outside_tolerance: int = 0
+    compared: int = 0
+    top1_agreement: float = 0.0
+    test_accuracy: float = 0.0
+    random_max_abs_diff: dict[int, float] = field(default_factory=dict)
+    error: str | None = None  # the file did not load or run, or returned the wrong shape
+
+    def to_dict(self) -> dict:
+        d = {k: _json_number(v) for k, v in self.__dict__.items() if k != "random_max_abs_diff"}
+        d["random_max_abs_diff"] = {str(b): _json_number(v) for b, v in self.random_max_abs_diff.items()}
+        return d
+
+
+def _json_number(v):
+    """JSON has no inf/nan; a non-finite difference is reported as the string numpy would print."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def _diff(out: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> tuple[float, float, int]:
+    out = out.astype(np.float64)
+    ref = ref.astype(np.float64)
+    # A NaN or Inf output is as far off as it gets, never "within tolerance" by accident.
+    d = np.where(np.isfinite(out), np.abs(out - ref), np.inf)
+    outside = int((d > atol + rtol * np.abs(ref)).sum())
+    nz = ref != 0
+    # numpy's definition of relative difference; it is large wherever a logit is near zero,
+    # which is why the gate itself uses atol + rtol * |ref|.
+    rel = float((d[nz] / np.abs(ref[nz])).max()) if nz.any() else 0.0
+    return float(d.max()) if d.size else 0.0, rel, outside
+
+
+def compare(fmt: str, run: Runner, ref: Reference, atol: float, rtol: float) -> Comparison:
+    """Run ``run`` on every reference input and measure the differences."""
+    c = Comparison(format=fmt)
+    cases = [("test set", ref.test_x, ref.test_logits)]
+    cases += [(f"batch {b}", ref.random_x[b], ref.random_logits[b]) for b in ref.random_x]
+    for name, x, expected in cases:
+        try:
+            out = np.asarray(run(x))
+        except Exception as e:  # a file that loads but cannot run this batch is a failed export
+            c.error = f"running it on {name} (shape {list(x.shape)}) failed: {_first_line(e)}"
+            return c
+        if out.shape != expected.shape:
+            c.error = f"on {name} it returned shape {list(out.shape)}, expected {list(expected.shape)}"
+            return c
+        max_abs, max_rel, outside = _diff(out, expected, atol, rtol)
+        c.max_abs_diff = max(c.max_abs_diff, max_abs)
+        c.max_rel_diff = max(c.max_rel_diff, max_rel)
+        c.outside_tolerance += outside
+        c.compared += expected.size
+        if name == "test set":
+            c.test_max_abs_diff = max_abs
+            pred = out.argmax(1)
+            c.top1_agreement = float((pred == expected.argmax(1)).mean())
+            c.test_accuracy = float((pred == ref.test_y).mean())
+        else:
+            c.random_max_abs_diff[x.shape[0]] = max_abs
+    return c
+
+
+def validate_file(fmt: str, path: str | os.PathLike, ref: Reference, atol: float, rtol: float) -> Comparison:
+    """Load ``path`` from disk as ``fmt`` and compare it; a file that will not load is a failure too."""
+    try:
+        run = RUNNERS[fmt](path)
+    except ModelError as e:
+        return Comparison(format=fmt, error=f"the written file does not load: {e.reason}")
+    return compare(fmt, run, ref, atol, rtol)
+
+
+# ---------------------------------------------------------------- judging
+
+def parity_problem(c: Comparison, atol: float, rtol: float) -> str | None:
+    """Why ``c`` fails the float parity gate, in one sentence; None if it passes."""
+    if c.error:
+        return f"{c.format} export is broken: {c.error}"
+    if c.outside_tolerance:
+        return (f"{c.format} logits differ from the eager model by up to {c.max_abs_diff:.3g} "
+                f"(max relative {c.max_rel_diff:.3g}); {c.outside_tolerance:,} of {c.compared:,} logits exceed "
+                f"atol {atol:g} + rtol {rtol:g}*|ref|; top-1 agreement {c.top1_agreement * 100:.2f}%")
+    return None
+
+
+def int8_problem(c: Comparison, float_accuracy: float, max_drop_points: float) -> str | None:
+    """Why the INT8 variant fails its accuracy gate; None if it passes."""
+    if c.error:
+        return f"onnx-int8 export is broken: {c.error}"
+    drop = (float_accuracy - c.test_accuracy) * 100
+    if drop > max_drop_points + 1e-9:
+        return (f"onnx-int8 test accuracy {c.test_accuracy * 100:.2f}% vs {float_accuracy * 100:.2f}% for float32: "
+                f"{drop:.2f} points lost, the gate allows {max_drop_points:g}; "
+                f"top-1 agreement {c.top1_agreement * 100:.2f}%")
+    return None

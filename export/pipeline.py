@@ -1,0 +1,215 @@
+"""`toolkit export` as a library call: checkpoint -> TorchScript / ONNX (/ INT8) files that passed the gate.
+
+All or nothing: every artefact is written under a temporary name in the output
+directory, loaded back from disk and validated there, and only when every gate
+passed are they moved onto their final names (``os.replace``). A failed gate
+removes the temporaries, so no file that looks like a good export is left, and
+files from an earlier export stay untouched. The JSON report is written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.atomic import atomic_path, check_writable, write_text
+from toolkit.errors import CheckpointError, OutputError, ValidationFailed
+
+from . import parity
+from .defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
+from .onnx_export import EXPORTER as ONNX_EXPORTER, contract_for, export_onnx
+from .torchscript_export import EXPORTER as TS_EXPORTER, export_torchscript
+
+SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "report": ".export.json"}
+
+
+def output_paths(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None, formats, int8: bool) -> dict:
+    checkpoint = Path(checkpoint)
+    folder = Path(out_dir) if out_dir is not None else checkpoint.parent
+    stem = checkpoint.name[: -len(checkpoint.suffix)] if checkpoint.suffix else checkpoint.name
+    kinds = [f for f in FORMATS if f in formats] + (["onnx-int8"] if int8 else []) + ["report"]
+    return {k: folder / f"{stem}{SUFFIXES[k]}" for k in kinds}
+
+
+def _prepare_out_dir(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(folder, "output directory is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(folder, f"cannot create the output directory ({e.strerror})") from None
+    try:
+        # A real file, not os.access: root passes os.access on read-only mounts and /sys.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(folder, f"output directory is not writable ({e.strerror})") from None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version()}
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLike | None = None,
+                      formats=FORMATS, opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
+                      rtol: float = DEFAULT_RTOL, int8: bool = False,
+                      int8_max_drop: float = DEFAULT_INT8_MAX_DROP, force: bool = False, data_dir=None,
+                      latency_runs: int = 2000) -> dict:
+    """Export, validate and (only if every gate passes) publish. Returns the report dict.
+
+    Raises CheckpointError/OutputError (exit 1) before any work, ValidationFailed (exit 4)
+    with ``.report`` attached when a gate fails.
+    """
+    from train.checkpoint import build_model, load_checkpoint
+    from train.data import load_mnist
+
+    started = time.perf_counter()
+    formats = [f for f in FORMATS if f in formats]
+    if not formats:
+        raise ValueError(f"formats must name at least one of {FORMATS}")
+    if int8 and "onnx" not in formats:
+        raise ValueError("the INT8 variant is quantized from the ONNX export; include onnx in formats")
+    loaded = load_checkpoint(checkpoint)
+    paths = output_paths(checkpoint, out_dir, formats, int8)
+    _prepare_out_dir(paths["report"].parent)
+    for path in paths.values():
+        if path.resolve() == Path(checkpoint).resolve():
+            raise OutputError(path, "would overwrite the checkpoint being exported; use --out-dir")
+        check_writable(path, force=force)
+
+    model = build_model(loaded)
+    data = load_mnist(data_dir, quiet=True)
+    ref = parity.make_reference(model, data.test_images, data.test_labels, loaded.preprocess)
+    if not np.isfinite(ref.test_logits).all():
+        bad = int((~np.isfinite(ref.test_logits)).any(axis=1).sum())
+        raise CheckpointError(checkpoint, f"the model computes NaN/Inf logits for {bad} test images; "
+                                          "its weights are unusable")
+
+    with contextlib.ExitStack() as stack:
+        tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items() if k != "report"}
+        run = _Run(loaded, model, paths, tmp, ref, atol, rtol)
+        if "torchscript" in formats:
+            run.torchscript()
+        if "onnx" in formats:
+            run.onnx(opset)
+        if int8:
+            run.int8(int8_max_drop, latency_runs)
+        report = {
+            "checkpoint": str(checkpoint), "checkpoint_sha256": loaded.sha256,
+            "checkpoint_kind": "toolkit checkpoint" if loaded.kind == "toolkit" else "state_dict (seed format)",
+            "architecture": loaded.config.describe(),
+            "tolerances": {"atol": atol, "rtol": rtol, "rule": "|out - ref| <= atol + rtol * |ref| for every logit",
+                           "int8_max_accuracy_drop_points": int8_max_drop if int8 else None},
+            "inputs": {"test_images": int(len(ref.test_y)), "random_batches": list(parity.RANDOM_BATCHES)},
+            "eager": {"test_accuracy": ref.accuracy},
+            "formats": run.results,
+            "passed": not run.problems,
+            "problems": run.problems,
+            "timings": run.timings,
+            "versions": _versions(),
+            "machine": _machine(),
+            "notes": [],
+        }
+        if run.problems:
+            more = len(run.problems) - 1
+            err = ValidationFailed(run.problems[0] + (f" (and {more} more)" if more else "") + "; nothing was written")
+            err.report = report
+            raise err
+    stale = output_paths(checkpoint, out_dir, formats, True)["onnx-int8"]
+    if not int8 and stale.exists():
+        # Not ours to delete, but a file from another checkpoint must not pass unnoticed.
+        report["notes"].append(f"{stale} is from an earlier export and was left as it is (no --int8 this time)")
+    report["timings"]["total_s"] = time.perf_counter() - started
+    report["report_file"] = str(paths["report"])
+    write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+    return report
+
+
+class _Run:
+    """One export's artefacts under their temporary names, and what validating them found."""
+
+    def __init__(self, loaded, model, paths, tmp, ref, atol, rtol):
+        self.loaded, self.model, self.paths, self.tmp, self.ref = loaded, model, paths, tmp, ref
+        self.atol, self.rtol = atol, rtol
+        self.results: dict[str, dict] = {}
+        self.problems: list[str] = []
+        self.timings: dict[str, float] = {}
+        self.onnx_contract = None
+
+    def record(self, kind: str, c: parity.Comparison, problem: str | None, **extra) -> None:
+        tmp = self.tmp[kind]
+        self.results[kind] = {"file": str(self.paths[kind]), "size_bytes": tmp.stat().st_size,
+                              "sha256": _sha256(tmp), **c.to_dict(), **extra, "passed": problem is None}
+        if problem:
+            self.problems.append(f"{self.paths[kind]}: {problem}")
+
+    def torchscript(self) -> None:
+        t = time.perf_counter()
+        # Same contract as the ONNX file, minus the ONNX-only fields.
+        contract = dataclasses.replace(contract_for(self.loaded, 0, exporter=TS_EXPORTER), onnx_version="")
+        export_torchscript(self.model, self.tmp["torchscript"], contract)
+        self.timings["torchscript_export_s"] = time.perf_counter() - t
+        c = parity.validate_file("torchscript", self.tmp["torchscript"], self.ref, self.atol, self.rtol)
+        self.record("torchscript", c, parity.parity_problem(c, self.atol, self.rtol), exporter=TS_EXPORTER)
+
+    def onnx(self, opset: int) -> None:
+        t = time.perf_counter()
+        self.onnx_contract = contract_for(self.loaded, opset)
+        export_onnx(self.model, self.tmp["onnx"], self.onnx_contract, opset)
+        self.timings["onnx_export_s"] = time.perf_counter() - t
+        c = parity.validate_file("onnx", self.tmp["onnx"], self.ref, self.atol, self.rtol)
+        self.record("onnx", c, parity.parity_problem(c, self.atol, self.rtol), exporter=ONNX_EXPORTER, opset=opset)
+
+    def int8(self, max_drop: float, latency_runs: int) -> None:
+        from .quantize import METHOD, batch1_latency_us, latency_verdict, quantize_int8
+
+        src, dst = self.tmp["onnx"], self.tmp["onnx-int8"]
+        if not self.results["onnx"]["passed"]:
+            self.results["onnx-int8"] = {"file": str(self.paths["onnx-int8"]), "passed": False,
+                                         "skipped": "the float32 ONNX export it is made from failed its gate"}
+            return
+        t = time.perf_counter()
+        quantize_int8(src, dst, self.onnx_contract, self.results["onnx"]["sha256"])
+        self.timings["int8_quantize_s"] = time.perf_counter() - t
+        c = parity.validate_file("onnx-int8", dst, self.ref, self.atol, self.rtol)
+        float_acc = self.results["onnx"]["test_accuracy"]
+        extra = {"method": METHOD, "judged_on": "test accuracy vs float32 ONNX; logit tolerances do not apply",
+                 "accuracy_change_points": round((c.test_accuracy - float_acc) * 100, 4),
+                 "outside_tolerance": None,
+                 "size_vs_float32": dst.stat().st_size / src.stat().st_size}
+        if c.error is None:
+            t = time.perf_counter()
+            lat = batch1_latency_us({"float32": src, "int8": dst}, self.ref.random_x[1], runs=latency_runs)
+            self.timings["latency_s"] = time.perf_counter() - t
+            extra.update(latency_batch1=lat,
+                         faster_than_float32=lat["int8"]["median_us"] < lat["float32"]["median_us"],
+                         latency_verdict=latency_verdict(lat["int8"]["median_us"], lat["float32"]["median_us"]))
+        self.record("onnx-int8", c, parity.int8_problem(c, float_acc, max_drop), **extra)

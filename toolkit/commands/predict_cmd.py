@@ -1,7 +1,81 @@
 import click
 
+from .common import force_option, model_option, provider_option
 
-@click.command("predict")
-def command() -> None:
-    """(not implemented yet)"""
-    raise click.ClickException("not implemented yet")
+EPILOG = """\b
+Preprocessing (from the model's metadata; same module as train/export):
+  a 28x28 image with a dark border is used as it is (MNIST format);
+  any other image is normalised the way MNIST was made: colour -> gray,
+  transparency composited, EXIF rotation applied; dark ink on light paper
+  is inverted; background and its noise removed, contrast stretched;
+  the ink's bounding box scaled to fit 20x20 (aspect kept); centre of
+  mass placed at (14, 14) in 28x28, as in MNIST.
+
+\b
+Accepted: PNG, JPEG, BMP, GIF (first frame), WebP, TIFF. In folders only
+files with those suffixes are read (others are counted as ignored);
+a file named on the command line is always tried. Folders are walked in
+sorted order; images in a folder named after a class (e.g. samples/3/)
+are labelled: accuracy is reported, and a confusion-matrix PNG is written
+to --confusion, or beside --output as NAME.confusion.png.
+
+\b
+Exit codes:
+  0    every image predicted
+  1    unusable model or output path, or no image files at all
+  2    usage error (bad option or argument)
+  3    finished, but some files were skipped (each is listed with its reason)
+  5    --provider cuda requested but CUDA cannot be used
+  130  interrupted (Ctrl-C): --output keeps every row written so far
+"""
+
+
+def _check_output(ctx, param, value):
+    if value is not None and not value.lower().endswith((".csv", ".jsonl")):
+        raise click.BadParameter("the file name must end in .csv or .jsonl", ctx=ctx, param=param)
+    return value
+
+
+def _check_png(ctx, param, value):
+    if value is not None and not value.lower().endswith(".png"):
+        raise click.BadParameter("the file name must end in .png", ctx=ctx, param=param)
+    return value
+
+
+@click.command("predict", epilog=EPILOG)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@model_option
+@provider_option()
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=256, show_default=True,
+              help="Images per ONNX Runtime call.")
+@click.option("--output", "-o", metavar="FILE", callback=_check_output,
+              help="Write one row per image to FILE.csv or FILE.jsonl: path, label, confidence, expected "
+                   "(folder label or empty), then the top-k labels with probabilities.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of the most likely labels to report (capped at the number of classes).")
+@click.option("--confusion", metavar="FILE.png", callback=_check_png,
+              help="Write the confusion matrix of labelled images to this PNG "
+                   "(default with --output: NAME.confusion.png beside it).")
+@click.option("--workers", type=click.IntRange(min=0), metavar="N",
+              help="Decoding processes. Default: one per CPU core when there are many images; 0 decodes in this process.")
+@force_option
+@click.pass_context
+def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, force) -> None:
+    """Predict the digit in each image file, or in every image under each folder.
+
+    Runs on ONNX Runtime only (no torch). Decoding uses every CPU core,
+    inference runs in batches, and --output rows are written as results come.
+    """
+    from toolkit.errors import EXIT_INTERRUPTED
+    from toolkit.predict import PredictInterrupted, predict_paths
+    from toolkit.predict_terminal import TerminalReporter
+
+    try:
+        summary = predict_paths(paths, model=model, provider=provider, batch_size=batch_size, top_k=top_k,
+                                output=output, confusion=confusion, force=force, workers=workers,
+                                reporter=TerminalReporter())
+    except PredictInterrupted:
+        click.echo("toolkit: interrupted; results written so far are kept", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    if summary.exit_code:
+        ctx.exit(summary.exit_code)

@@ -1,0 +1,192 @@
+"""Result files of `toolkit predict`: CSV/JSONL rows and the confusion-matrix PNG.
+
+Rows are written while the run goes on, into a hidden temporary file beside the
+destination (``.NAME.XXXX.part``), flushed after every batch. The file takes its
+final name when the run ends, and also when it is interrupted (Ctrl-C/SIGTERM): it is
+then cut back to the last complete batch, so it always holds a header plus whole
+rows, never half a line. A fatal error removes it and leaves any older file alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, check_writable
+from .errors import OutputError
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+def output_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise OutputError(path, "unknown output format; the name must end in .csv or .jsonl")
+    return FORMATS[suffix]
+
+
+def default_confusion_path(output: str | os.PathLike) -> Path:
+    """results.csv -> results.confusion.png, beside it."""
+    output = Path(output)
+    return output.with_name(output.stem + ".confusion.png")
+
+
+def check_output(path, *, force: bool) -> Path:
+    output_format(path)
+    return check_writable(path, force=force)
+
+
+def csv_header(top_k: int) -> list[str]:
+    cols = ["path", "label", "confidence", "expected"]
+    for i in range(1, top_k + 1):
+        cols += [f"top{i}_label", f"top{i}_prob"]
+    return cols
+
+
+def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """Class indices by falling probability; ties go to the lower index, so output is deterministic."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
+class ResultWriter:
+    def __init__(self, path: str | os.PathLike, classes: list[str], top_k: int):
+        self.path = Path(path)
+        self.format = output_format(self.path)
+        self.classes = list(classes)
+        self.top_k = top_k
+        self.rows = 0
+        self._file = None
+        self._tmp: Path | None = None
+        self._good = 0  # bytes that hold complete rows
+
+    def open(self) -> "ResultWriter":
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=parent)
+        except OSError as e:
+            raise OutputError(self.path, f"cannot write here ({e.strerror})") from None
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+        if self.format == "csv":
+            self._emit(_csv_text([csv_header(self.top_k)]))
+        return self
+
+    def write(self, paths: list[str], expected: list[str | None], probs: np.ndarray, top: np.ndarray) -> None:
+        classes = self.classes
+        # Python lists: indexing numpy arrays element by element costs more than the formatting.
+        top_rows, prob_rows = top.tolist(), probs.tolist()
+        if self.format == "csv":
+            rows = []
+            for path, exp, best, p in zip(paths, expected, top_rows, prob_rows):
+                row = [path, classes[best[0]], f"{p[best[0]]:.6f}", exp or ""]
+                for j in best:
+                    row += (classes[j], f"{p[j]:.6f}")
+                rows.append(row)
+            text = _csv_text(rows)
+        else:
+            lines = []
+            for path, exp, best, p in zip(paths, expected, top_rows, prob_rows):
+                lines.append(json.dumps({
+                    "path": path, "label": classes[best[0]], "confidence": round(p[best[0]], 6), "expected": exp,
+                    "top_k": [{"label": classes[j], "probability": round(p[j], 6)} for j in best],
+                }))
+            text = "\n".join(lines) + "\n" if lines else ""
+        self._emit(text)
+        self.rows += len(paths)
+
+    def _emit(self, text: str) -> None:
+        # surrogateescape: a file name that is not valid UTF-8 is written back as its original bytes.
+        self._file.write(text.encode("utf-8", "surrogateescape"))
+        self._file.flush()
+        self._good = self._file.tell()
+
+    def commit(self) -> None:
+        """Give the file its final name, keeping only complete rows (also after an interrupt)."""
+        self._file.flush()
+        self._file.truncate(self._good)
+        self._file.close()
+        os.chmod(self._tmp, 0o666 & ~_umask())
+        os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tmp is not None:
+            try:
+                self._tmp.unlink()
+            except OSError:
+                pass
+
+
+def _csv_text(rows) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------- confusion matrix PNG
+
+def write_confusion_png(path: str | os.PathLike, cm: np.ndarray, classes: list[str], title: str) -> None:
+    image = render_confusion(cm, classes, title)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def render_confusion(cm: np.ndarray, classes: list[str], title: str):
+    """Rows are true labels, columns predictions; shade = share of the row, numbers = counts."""
+    from PIL import Image, ImageDraw
+
+    n = len(classes)
+    cell = 44
+    left, top, right, bottom = 86, 78, 20, 20
+    width, height = left + n * cell + right, top + n * cell + bottom
+    font, small = _font(15), _font(12)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    _centred(draw, (width // 2, 18), title, font, "black")
+    _centred(draw, (left + n * cell // 2, 44), "predicted", small, "black")
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    for i in range(n):
+        _centred(draw, (left + i * cell + cell // 2, top - 12), classes[i], small, "black")
+        _centred(draw, (left - 12, top + i * cell + cell // 2), classes[i], small, "black")
+        for j in range(n):
+            x, y = left + j * cell, top + i * cell
+            s = float(share[i, j])
+            # white -> deep blue with the row share; errors tinted red so they stand out
+            colour = (int(255 - 205 * s), int(255 - 165 * s), 255) if i == j else (255, int(255 - 200 * s), int(255 - 200 * s))
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(210, 210, 210))
+            if cm[i, j]:
+                ink = "white" if s > 0.55 else "black"
+                _centred(draw, (x + cell // 2, y + cell // 2), str(int(cm[i, j])), small, ink)
+    label = Image.new("RGB", (n * cell, 20), "white")
+    _centred(ImageDraw.Draw(label), (n * cell // 2, 10), "true label", small, "black")
+    image.paste(label.rotate(90, expand=True), (8, top))
+    return image
+
+
+def _centred(draw, xy, text: str, font, fill) -> None:
+    # Measured rather than anchored: Pillow's bitmap fallback font does not support anchors.
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    draw.text((xy[0] - (x0 + x1) / 2, xy[1] - (y0 + y1) / 2), text, fill=fill, font=font)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()

@@ -84,7 +84,7 @@ def _load(ort, path: Path, opts, providers):
         raise ModelError(path, f"not a loadable ONNX model ({first[:200]})") from None
 
 
-def cuda_session(path: Path, opts):
+def cuda_session(path: Path, opts, cuda_options: dict | None = None):
     """Return (session, None) on a real CUDA session, or (None, reason)."""
     ort = import_ort()
     if CUDA not in ort.get_available_providers():
@@ -95,7 +95,7 @@ def cuda_session(path: Path, opts):
                 ort.preload_dlls()
             except Exception as e:
                 lines.append(f"error: preload_dlls failed: {e}")
-        session = _load(ort, path, opts, [CUDA, CPU])
+        session = _load(ort, path, opts, [(CUDA, dict(cuda_options or {})), CPU])
     if session.get_providers()[0] == CUDA:
         return session, None
     return None, "CUDA provider could not be loaded: " + _reason(lines, "no CUDA device or libraries found")
@@ -189,21 +189,11 @@ def session_on(path: str | os.PathLike, provider: str, opts, cuda_options: dict 
     cannot be used this raises ProviderUnavailable with the reason instead of returning a CPU session.
     """
     path = Path(path)
-    ort = import_ort()
     if provider == "cpu":
-        return _load(ort, path, opts, [CPU])
+        return _load(import_ort(), path, opts, [CPU])
     if provider != "cuda":
         raise ValueError("provider must be 'cpu' or 'cuda'")
-    if CUDA not in ort.get_available_providers():
-        raise ProviderUnavailable("this onnxruntime build has no CUDA execution provider (install onnxruntime-gpu)")
-    with captured_stderr() as lines:
-        if hasattr(ort, "preload_dlls"):
-            try:
-                ort.preload_dlls()
-            except Exception as e:
-                lines.append(f"error: preload_dlls failed: {e}")
-        session = _load(ort, path, opts, [(CUDA, dict(cuda_options or {})), CPU])
-    if session.get_providers()[0] != CUDA:
-        raise ProviderUnavailable("CUDA provider could not be loaded: "
-                                  + _reason(lines, "no CUDA device or libraries found"))
+    session, reason = cuda_session(path, opts, cuda_options)
+    if session is None:
+        raise ProviderUnavailable(reason)
     return session

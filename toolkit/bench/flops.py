@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
+from ..protowire import iter_fields as _fields, read_varint as _varint
 
 # op type -> index of the weight input
 _WEIGHT_INPUT = {"Gemm": 1, "MatMul": 1, "FusedMatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "QGemm": 3,
@@ -39,44 +40,6 @@ class FlopCount:
     matmul_nodes: int
     unresolved: list[str] = field(default_factory=list)  # op types whose weight shape was not a constant
     quantized: bool = False  # the graph holds 8-bit quantization ops
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        if i >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-        if shift > 70:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: bytes):
-    """Yield (field_number, wire_type, value): int for varints, bytes for length-delimited."""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 2:
-            length, i = _varint(buf, i)
-            if i + length > n:
-                raise ValueError("truncated field")
-            value = buf[i:i + length]
-            i += length
-        elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
-        elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        yield number, wire, value
 
 
 def _tensor(buf: bytes) -> tuple[str, list[int]]:

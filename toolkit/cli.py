@@ -62,8 +62,8 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    cli.main(prog_name="toolkit")
+# The console-script entry point is the click group itself.
+main = cli
 
 
 if __name__ == "__main__":

@@ -77,3 +77,23 @@ def test_cuda_device_unavailable_is_exit_5(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--device", "cuda", "--out", str(tmp_path / "m.pth"), "--no-progress"])
     assert result.exit_code == 5
     assert "no usable CUDA device" in result.output
+
+
+@pytest.mark.parametrize("args", [["train", "--no-progress"], ["export", "model.pth"], ["inspect", "model.pth"]])
+def test_torch_side_without_torch_is_one_line_exit_5(args, tmp_path, tiny_ckpt):
+    """An edge install (no `train` extra) asked to train or export says what to install."""
+    import os
+
+    assert tiny_ckpt == tmp_path / "model.pth"  # the fixture's private copy, in this test's folder
+    shim = tmp_path / "shim" / "torch"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"toolkit: error: `toolkit {args[0]}` needs torch, which is not installed here; "
+                     "install the training extra: pip install 'toolkit[train]'"]
+    assert not (tmp_path / "model.pt").exists()

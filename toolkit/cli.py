@@ -11,7 +11,10 @@ import sys
 import click
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, ToolkitError
+from .errors import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, ToolkitError
+
+# Packages of the `train` extra: an edge install (plain `pip install`) lacks them on purpose.
+TRAIN_EXTRA_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -20,7 +23,7 @@ Exit codes:
   2    usage error (bad option or argument)
   3    finished, but some input files were skipped (predict)
   4    a validation gate failed (export parity, INT8 accuracy)
-  5    requested environment unavailable (CUDA provider, display)
+  5    requested environment unavailable (CUDA provider, display, torch not installed)
   130  interrupted; files already completed are kept intact
 """
 
@@ -32,6 +35,13 @@ class ToolkitGroup(click.Group):
         except ToolkitError as e:
             click.echo(f"toolkit: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            click.echo(f"toolkit: error: `toolkit {command}` needs {e.name}, which is not installed here; "
+                       "install the training extra: pip install 'toolkit[train]'", err=True)
+            ctx.exit(EXIT_UNAVAILABLE)
         except KeyboardInterrupt:
             click.echo("toolkit: interrupted (no partially written file is left behind)", err=True)
             ctx.exit(EXIT_INTERRUPTED)

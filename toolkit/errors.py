@@ -6,7 +6,7 @@ Exit codes (documented in README and `toolkit --help`):
   2  usage error (bad option or argument)
   3  finished, but some input files were skipped (predict)
   4  a validation gate failed (export parity, INT8 accuracy)
-  5  the requested environment is unavailable (CUDA provider, display)
+  5  the requested environment is unavailable (CUDA provider, display, torch not installed)
   130 interrupted (Ctrl-C); files already completed are kept intact
 """
 

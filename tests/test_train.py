@@ -124,6 +124,15 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_out_in_a_new_folder_and_under_a_file(tmp_path):
+    out = tmp_path / "runs" / "a" / "model.pth"
+    train_to_files(out=out, epochs=1, train_subset=200, progress=False)
+    assert out.is_file()
+    (tmp_path / "plain").write_text("not a folder")
+    with pytest.raises(OutputError, match="cannot create the output directory"):
+        train_to_files(out=tmp_path / "plain" / "model.pth", epochs=1, train_subset=200, progress=False)
+
+
 def test_checkpoint_from_other_architecture_is_named(tmp_path):
     path = tmp_path / "other.pth"
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).state_dict(), path)

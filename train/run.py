@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from toolkit.atomic import atomic_path, check_writable, write_text
+from toolkit.errors import OutputError
 
 from . import figures
 from .checkpoint import DEFAULT_CLASSES, save_checkpoint
@@ -31,6 +32,11 @@ def train_to_files(*, out, recipe_name="seed", epochs=None, batch_size=None, lr=
     from .trainer import resolve_device, train
 
     paths = output_paths(out)
+    folder = paths["checkpoint"].parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(folder, f"cannot create the output directory ({e.strerror})") from None
     for p in paths.values():  # refuse before spending minutes on training
         check_writable(p, force=force)
     recipe = RECIPES[recipe_name].with_overrides(epochs=epochs, batch_size=batch_size, lr=lr)

@@ -40,9 +40,15 @@ def output_paths(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | Non
     return {k: folder / f"{stem}{SUFFIXES[k]}" for k in kinds}
 
 
-def _prepare_out_dir(folder: Path) -> None:
+def _prepare_out_dir(folder: Path) -> Path | None:
+    """Make sure ``folder`` exists and is writable; return the topmost folder this call created, if any."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(folder, "output directory is a file")
+    created = None
+    if not folder.exists():
+        created = folder.absolute()
+        while not created.parent.exists():
+            created = created.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -53,6 +59,24 @@ def _prepare_out_dir(folder: Path) -> None:
             pass
     except OSError as e:
         raise OutputError(folder, f"output directory is not writable ({e.strerror})") from None
+    return created
+
+
+@contextlib.contextmanager
+def _removed_on_failure(folder: Path, created: Path | None):
+    """A refused or failed export leaves no empty folder that it made itself."""
+    try:
+        yield
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(OSError):  # rmdir only succeeds while empty: nothing else is removed
+                level = folder.absolute()
+                while True:
+                    level.rmdir()
+                    if level == created:
+                        break
+                    level = level.parent
+        raise
 
 
 def _sha256(path: Path) -> str:
@@ -99,58 +123,59 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
         raise ValueError("the INT8 variant is quantized from the ONNX export; include onnx in formats")
     loaded = load_checkpoint(checkpoint)
     paths = output_paths(checkpoint, out_dir, formats, int8)
-    _prepare_out_dir(paths["report"].parent)
-    for path in paths.values():
-        if path.resolve() == Path(checkpoint).resolve():
-            raise OutputError(path, "would overwrite the checkpoint being exported; use --out-dir")
-        check_writable(path, force=force)
+    created = _prepare_out_dir(paths["report"].parent)
+    with _removed_on_failure(paths["report"].parent, created):
+        for path in paths.values():
+            if path.resolve() == Path(checkpoint).resolve():
+                raise OutputError(path, "would overwrite the checkpoint being exported; use --out-dir")
+            check_writable(path, force=force)
 
-    model = build_model(loaded)
-    data = load_mnist(data_dir, quiet=True)
-    ref = parity.make_reference(model, data.test_images, data.test_labels, loaded.preprocess)
-    if not np.isfinite(ref.test_logits).all():
-        bad = int((~np.isfinite(ref.test_logits)).any(axis=1).sum())
-        raise CheckpointError(checkpoint, f"the model computes NaN/Inf logits for {bad} test images; "
-                                          "its weights are unusable")
+        model = build_model(loaded)
+        data = load_mnist(data_dir, quiet=True)
+        ref = parity.make_reference(model, data.test_images, data.test_labels, loaded.preprocess)
+        if not np.isfinite(ref.test_logits).all():
+            bad = int((~np.isfinite(ref.test_logits)).any(axis=1).sum())
+            raise CheckpointError(checkpoint, f"the model computes NaN/Inf logits for {bad} test images; "
+                                              "its weights are unusable")
 
-    with contextlib.ExitStack() as stack:
-        tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items() if k != "report"}
-        run = _Run(loaded, model, paths, tmp, ref, atol, rtol)
-        if "torchscript" in formats:
-            run.torchscript()
-        if "onnx" in formats:
-            run.onnx(opset)
-        if int8:
-            run.int8(int8_max_drop, latency_runs)
-        report = {
-            "checkpoint": str(checkpoint), "checkpoint_sha256": loaded.sha256,
-            "checkpoint_kind": "toolkit checkpoint" if loaded.kind == "toolkit" else "state_dict (seed format)",
-            "architecture": loaded.config.describe(),
-            "tolerances": {"atol": atol, "rtol": rtol, "rule": "|out - ref| <= atol + rtol * |ref| for every logit",
-                           "int8_max_accuracy_drop_points": int8_max_drop if int8 else None},
-            "inputs": {"test_images": int(len(ref.test_y)), "random_batches": list(parity.RANDOM_BATCHES)},
-            "eager": {"test_accuracy": ref.accuracy},
-            "formats": run.results,
-            "passed": not run.problems,
-            "problems": run.problems,
-            "timings": run.timings,
-            "versions": _versions(),
-            "machine": _machine(),
-            "notes": [],
-        }
-        if run.problems:
-            more = len(run.problems) - 1
-            err = ValidationFailed(run.problems[0] + (f" (and {more} more)" if more else "") + "; nothing was written")
-            err.report = report
-            raise err
-    stale = output_paths(checkpoint, out_dir, formats, True)["onnx-int8"]
-    if not int8 and stale.exists():
-        # Not ours to delete, but a file from another checkpoint must not pass unnoticed.
-        report["notes"].append(f"{stale} is from an earlier export and was left as it is (no --int8 this time)")
-    report["timings"]["total_s"] = time.perf_counter() - started
-    report["report_file"] = str(paths["report"])
-    write_text(paths["report"], json.dumps(report, indent=2) + "\n")
-    return report
+        with contextlib.ExitStack() as stack:
+            tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items() if k != "report"}
+            run = _Run(loaded, model, paths, tmp, ref, atol, rtol)
+            if "torchscript" in formats:
+                run.torchscript()
+            if "onnx" in formats:
+                run.onnx(opset)
+            if int8:
+                run.int8(int8_max_drop, latency_runs)
+            report = {
+                "checkpoint": str(checkpoint), "checkpoint_sha256": loaded.sha256,
+                "checkpoint_kind": "toolkit checkpoint" if loaded.kind == "toolkit" else "state_dict (seed format)",
+                "architecture": loaded.config.describe(),
+                "tolerances": {"atol": atol, "rtol": rtol, "rule": "|out - ref| <= atol + rtol * |ref| for every logit",
+                               "int8_max_accuracy_drop_points": int8_max_drop if int8 else None},
+                "inputs": {"test_images": int(len(ref.test_y)), "random_batches": list(parity.RANDOM_BATCHES)},
+                "eager": {"test_accuracy": ref.accuracy},
+                "formats": run.results,
+                "passed": not run.problems,
+                "problems": run.problems,
+                "timings": run.timings,
+                "versions": _versions(),
+                "machine": _machine(),
+                "notes": [],
+            }
+            if run.problems:
+                more = len(run.problems) - 1
+                err = ValidationFailed(run.problems[0] + (f" (and {more} more)" if more else "") + "; nothing was written")
+                err.report = report
+                raise err
+        stale = output_paths(checkpoint, out_dir, formats, True)["onnx-int8"]
+        if not int8 and stale.exists():
+            # Not ours to delete, but a file from another checkpoint must not pass unnoticed.
+            report["notes"].append(f"{stale} is from an earlier export and was left as it is (no --int8 this time)")
+        report["timings"]["total_s"] = time.perf_counter() - started
+        report["report_file"] = str(paths["report"])
+        write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+        return report
 
 
 class _Run:

@@ -453,3 +453,13 @@ def test_report_and_outputs_in_out_dir(tiny_ckpt, tmp_path):
     assert exported_files(out) == ["model.export.json", "model.pt"]
     assert exported_files(tiny_ckpt.parent) == []
     assert np.isfinite(json.loads((out / "model.export.json").read_text())["timings"]["total_s"])
+
+
+def test_failed_export_leaves_no_folder_it_created(tiny_ckpt, tmp_path):
+    target = tmp_path / "new" / "nested"
+    result = run_export(tiny_ckpt, "--out-dir", target, "--atol", "0", "--rtol", "0", "--formats", "onnx")
+    assert result.exit_code == 4
+    assert not (tmp_path / "new").exists()
+    ok = run_export(tiny_ckpt, "--out-dir", target, "--formats", "onnx")
+    assert ok.exit_code == 0, ok.output
+    assert (target / "model.onnx").is_file()

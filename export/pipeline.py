@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from toolkit.atomic import atomic_path, check_writable, write_text
+from toolkit.atomic import atomic_path, check_writable, file_sha256, prepare_folder, removed_on_failure, write_text
+from toolkit.bench.env import cpu_info
 from toolkit.errors import CheckpointError, OutputError, ValidationFailed
+from train.checkpoint import versions
 
 from . import parity
 from .defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
@@ -40,66 +40,11 @@ def output_paths(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | Non
     return {k: folder / f"{stem}{SUFFIXES[k]}" for k in kinds}
 
 
-def _prepare_out_dir(folder: Path) -> Path | None:
-    """Make sure ``folder`` exists and is writable; return the topmost folder this call created, if any."""
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(folder, "output directory is a file")
-    created = None
-    if not folder.exists():
-        created = folder.absolute()
-        while not created.parent.exists():
-            created = created.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(folder, f"cannot create the output directory ({e.strerror})") from None
-    try:
-        # A real file, not os.access: root passes os.access on read-only mounts and /sys.
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise OutputError(folder, f"output directory is not writable ({e.strerror})") from None
-    return created
-
-
-@contextlib.contextmanager
-def _removed_on_failure(folder: Path, created: Path | None):
-    """A refused or failed export leaves no empty folder that it made itself."""
-    try:
-        yield
-    except BaseException:
-        if created is not None:
-            with contextlib.suppress(OSError):  # rmdir only succeeds while empty: nothing else is removed
-                level = folder.absolute()
-                while True:
-                    level.rmdir()
-                    if level == created:
-                        break
-                    level = level.parent
-        raise
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
-
-
 def _versions() -> dict:
     import onnx
     import onnxruntime
-    import torch
 
-    return {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}
+    return {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLike | None = None,
@@ -123,8 +68,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
         raise ValueError("the INT8 variant is quantized from the ONNX export; include onnx in formats")
     loaded = load_checkpoint(checkpoint)
     paths = output_paths(checkpoint, out_dir, formats, int8)
-    created = _prepare_out_dir(paths["report"].parent)
-    with _removed_on_failure(paths["report"].parent, created):
+    created = prepare_folder(paths["report"].parent)
+    with removed_on_failure(paths["report"].parent, created):
         for path in paths.values():
             if path.resolve() == Path(checkpoint).resolve():
                 raise OutputError(path, "would overwrite the checkpoint being exported; use --out-dir")
@@ -160,7 +105,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
                 "problems": run.problems,
                 "timings": run.timings,
                 "versions": _versions(),
-                "machine": _machine(),
+                "machine": {**cpu_info(), "platform": platform.platform()},
                 "notes": [],
             }
             if run.problems:
@@ -192,7 +137,7 @@ class _Run:
     def record(self, kind: str, c: parity.Comparison, problem: str | None, **extra) -> None:
         tmp = self.tmp[kind]
         self.results[kind] = {"file": str(self.paths[kind]), "size_bytes": tmp.stat().st_size,
-                              "sha256": _sha256(tmp), **c.to_dict(), **extra, "passed": problem is None}
+                              "sha256": file_sha256(tmp), **c.to_dict(), **extra, "passed": problem is None}
         if problem:
             self.problems.append(f"{self.paths[kind]}: {problem}")
 

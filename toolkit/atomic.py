@@ -1,4 +1,5 @@
-"""Atomic file output: a file appears complete under its final name, or not at all.
+"""File output: a file appears complete under its final name, or not at all; folders made for it
+are removed again if the work fails.
 
 Writers get a temporary path in the destination directory (same filesystem, so
 ``os.replace`` is atomic); on any exception, KeyboardInterrupt included, the
@@ -8,6 +9,7 @@ temporary file is removed and an existing file at the destination is untouched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -66,3 +68,50 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def prepare_folder(folder: Path) -> Path | None:
+    """Make sure ``folder`` exists and is writable; return the topmost folder this call created, if any."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(folder, "cannot create the output directory (a file has that name)")
+    created = None
+    if not folder.exists():
+        created = folder.absolute()
+        while not created.parent.exists():
+            created = created.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(folder, f"cannot create the output directory ({e.strerror})") from None
+    try:
+        # A real file, not os.access: root passes os.access on read-only mounts and /sys.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(folder, f"output directory is not writable ({e.strerror})") from None
+    return created
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: Path, created: Path | None):
+    """A refused or failed export leaves no empty folder that it made itself."""
+    try:
+        yield
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(OSError):  # rmdir only succeeds while empty: nothing else is removed
+                level = folder.absolute()
+                while True:
+                    level.rmdir()
+                    if level == created:
+                        break
+                    level = level.parent
+        raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -9,7 +9,6 @@ seed's defaults filled in for what it does not say.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import platform
@@ -17,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.atomic import atomic_path
+from toolkit.atomic import atomic_path, file_sha256
 from toolkit.errors import CheckpointError
 from toolkit.preprocess import MNIST, PreprocessSpec
 
@@ -39,14 +38,6 @@ class LoadedCheckpoint:
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     created: str | None = None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions() -> dict:

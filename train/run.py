@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toolkit.atomic import atomic_path, check_writable, write_text
-from toolkit.errors import OutputError
+from toolkit.atomic import atomic_path, check_writable, prepare_folder, removed_on_failure, write_text
 
 from . import figures
 from .checkpoint import DEFAULT_CLASSES, save_checkpoint
@@ -27,18 +26,21 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 
 def train_to_files(*, out, recipe_name="seed", epochs=None, batch_size=None, lr=None, seed=0, device="auto",
                    data_dir=None, train_subset=None, progress=True, force=False) -> dict:
+    import torch  # noqa: F401  (an install without the train extra fails here, before touching any file)
+
+    paths = output_paths(out)
+    folder = paths["checkpoint"].parent
+    with removed_on_failure(folder, prepare_folder(folder)):
+        for p in paths.values():  # refuse before spending minutes on training
+            check_writable(p, force=force)
+        return _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_dir, train_subset, progress)
+
+
+def _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_dir, train_subset, progress) -> dict:
     import torch
 
     from .trainer import resolve_device, train
 
-    paths = output_paths(out)
-    folder = paths["checkpoint"].parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(folder, f"cannot create the output directory ({e.strerror})") from None
-    for p in paths.values():  # refuse before spending minutes on training
-        check_writable(p, force=force)
     recipe = RECIPES[recipe_name].with_overrides(epochs=epochs, batch_size=batch_size, lr=lr)
     device = resolve_device(device)
     data = load_mnist(data_dir, quiet=not progress)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, runtime
+from ..atomic import file_sha256
 from ..errors import ModelError, ProviderUnavailable
 from . import goals
 from .base import EngineUnavailable, engines, plugin_errors
@@ -57,7 +57,7 @@ def _model_info(path: Path):
     session, _, _ = runtime.create_session(path, "cpu")
     contract = runtime.read_contract(session, path)
     flops = count_flops(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     info = {
         "path": str(path), "sha256": digest, "size_bytes": path.stat().st_size,
         "precision": contract.precision, "input_shape": contract.input_shape,

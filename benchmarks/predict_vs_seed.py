@@ -41,7 +41,7 @@ def write_pngs(folder: Path, limit: int) -> int:
     sys.path.insert(0, str(ROOT))
     from PIL import Image
 
-    from train.data import load_mnist
+    from toolkit.train.data import load_mnist
 
     mnist = load_mnist(quiet=True)
     count = min(limit, len(mnist.test_images))
@@ -54,7 +54,7 @@ def write_pngs(folder: Path, limit: int) -> int:
 
 def toolkit_command() -> list[str]:
     script = Path(sys.executable).parent / "toolkit"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "toolkit.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "toolkit"]
 
 
 def run_toolkit(images: Path, onnx: Path, out_csv: Path) -> tuple[float, float, int]:
@@ -89,7 +89,7 @@ def seed_worker(images: Path, checkpoint: Path) -> None:
     from PIL import Image, ImageOps
     from torchvision import transforms
 
-    from train.checkpoint import build_model, load_checkpoint
+    from toolkit.train.checkpoint import build_model, load_checkpoint
 
     model = build_model(load_checkpoint(checkpoint))
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])

@@ -22,7 +22,7 @@ import numpy as np
 from toolkit.atomic import atomic_path, check_writable, file_sha256, prepare_folder, removed_on_failure, write_text
 from toolkit.bench.env import cpu_info
 from toolkit.errors import CheckpointError, OutputError, ValidationFailed
-from train.checkpoint import versions
+from toolkit.train.checkpoint import versions
 
 from . import parity
 from .defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
@@ -57,8 +57,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
     Raises CheckpointError/OutputError (exit 1) before any work, ValidationFailed (exit 4)
     with ``.report`` attached when a gate fails.
     """
-    from train.checkpoint import build_model, load_checkpoint
-    from train.data import load_mnist
+    from toolkit.train.checkpoint import build_model, load_checkpoint
+    from toolkit.train.data import load_mnist
 
     started = time.perf_counter()
     formats = [f for f in FORMATS if f in formats]

@@ -25,7 +25,7 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from train.data import load_mnist
+    from toolkit.train.data import load_mnist
 
     data = load_mnist()
     for digit in range(10):

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Repository folder -> where it lives once installed (pyproject's package-dir mapping).
+SOURCE_DIRS = {"toolkit": "toolkit", "train": "toolkit/train", "export": "toolkit/export"}
 ARTIFACTS = Path(os.environ.get("TOOLKIT_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 
 
 @pytest.fixture(scope="session")
 def mnist():
-    from train.data import load_mnist
+    from toolkit.train.data import load_mnist
 
     return load_mnist(quiet=True)
 
@@ -25,7 +27,7 @@ def mnist():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mnist):
     """A real 1-epoch training on 10,000 images (~90% test accuracy), written by the library."""
-    from train.run import train_to_files
+    from toolkit.train.run import train_to_files
 
     out = tmp_path_factory.mktemp("tiny") / "model.pth"
     summary = train_to_files(out=out, epochs=1, train_subset=10000, seed=0, device="cpu", progress=False)
@@ -42,8 +44,8 @@ def tiny_ckpt(tiny_run, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx_session(tiny_run, tmp_path_factory) -> Path:
-    from export.onnx_export import contract_for, export_onnx
-    from train.checkpoint import build_model, load_checkpoint
+    from toolkit.export.onnx_export import contract_for, export_onnx
+    from toolkit.train.checkpoint import build_model, load_checkpoint
 
     ck = load_checkpoint(tiny_run[0])
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
@@ -68,7 +70,46 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_export(tiny_run, tmp_path_factory) -> dict:
     """`toolkit export --int8` of the tiny checkpoint, once: the library's report dict (files under its paths)."""
-    from export.pipeline import export_checkpoint
+    from toolkit.export.pipeline import export_checkpoint
 
     out = tmp_path_factory.mktemp("export")
     return export_checkpoint(tiny_run[0], out_dir=out, int8=True, latency_runs=200)
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel `pip install .` would install, built once from a clean copy of the sources."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    # Build from a clean copy: setuptools reuses an in-tree build/ folder, whose stale files could hide a gap.
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for folder in SOURCE_DIRS:
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp / "dist"
+    # Reuse the installed setuptools when there is one: an isolated build would fetch it again.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
+                           "-w", str(out), str(src)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (built,) = out.glob("toolkit-*.whl")
+    return built
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(wheel, tmp_path_factory) -> Path:
+    """The wheel unpacked as pip installs it (no dependencies), for PYTHONPATH."""
+    import subprocess
+    import sys
+
+    target = tmp_path_factory.mktemp("site")
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return target

@@ -29,7 +29,7 @@ def _run_toolkit(args, cwd, pythonpath_first=None):
     if pythonpath_first:
         parts.insert(0, str(pythonpath_first))
     env["PYTHONPATH"] = os.pathsep.join(parts)
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -111,7 +111,7 @@ def test_goals_from_known_rows():
 
 def test_flops_from_the_onnx_graph_match_the_model(tiny_onnx):
     from toolkit.bench.flops import count_flops
-    from train.model import MLPConfig
+    from toolkit.train.model import MLPConfig
 
     count = count_flops(tiny_onnx)
     assert count.flops_per_image == MLPConfig().flops_per_image()

@@ -90,7 +90,7 @@ def test_torch_side_without_torch_is_one_line_exit_5(args, tmp_path, tiny_ckpt):
     (shim / "__init__.py").write_text(
         "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim.parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 5, proc.stderr
     lines = proc.stderr.strip().splitlines()

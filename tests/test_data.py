@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from toolkit.errors import DataError
-from train import data as D
+from toolkit.train import data as D
 
 
 def test_shapes_dtypes_and_class_counts(mnist):

@@ -25,7 +25,7 @@ from toolkit.runtime import Predictor
 
 XVFB = shutil.which("Xvfb")
 SCALE = CANVAS_SIZE // 28
-CLI = [sys.executable, "-m", "toolkit.cli", "draw"]
+CLI = [sys.executable, "-m", "toolkit", "draw"]
 
 
 @pytest.fixture(scope="session")

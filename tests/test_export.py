@@ -67,7 +67,7 @@ class SimpleNN(nn.Module):
 @pytest.fixture
 def seed_state_dict(tiny_ckpt) -> Path:
     """The tiny weights saved the way the seed script saves them: torch.save(model.state_dict())."""
-    from train.checkpoint import load_checkpoint
+    from toolkit.train.checkpoint import load_checkpoint
 
     model = SimpleNN()
     model.load_state_dict(load_checkpoint(tiny_ckpt).state_dict)
@@ -78,8 +78,8 @@ def seed_state_dict(tiny_ckpt) -> Path:
 
 @pytest.fixture(scope="session")
 def reference(tiny_run, mnist):
-    from export.parity import make_reference
-    from train.checkpoint import build_model, load_checkpoint
+    from toolkit.export.parity import make_reference
+    from toolkit.train.checkpoint import build_model, load_checkpoint
 
     ck = load_checkpoint(tiny_run[0])
     return make_reference(build_model(ck), mnist.test_images, mnist.test_labels, ck.preprocess)
@@ -92,7 +92,7 @@ def test_export_writes_validated_files(tiny_ckpt, mnist):
     import onnx
 
     from toolkit.runtime import Predictor
-    from train.checkpoint import build_model, load_checkpoint
+    from toolkit.train.checkpoint import build_model, load_checkpoint
 
     result = run_export(tiny_ckpt)
     assert result.exit_code == 0, result.output
@@ -219,8 +219,8 @@ def test_failed_forced_export_keeps_previous_good_files(tiny_ckpt):
 
 
 def _export_one(fmt, model, ck, path):
-    from export.onnx_export import contract_for, export_onnx
-    from export.torchscript_export import export_torchscript
+    from toolkit.export.onnx_export import contract_for, export_onnx
+    from toolkit.export.torchscript_export import export_torchscript
 
     if fmt == "onnx":
         export_onnx(model, path, contract_for(ck, 17))
@@ -231,8 +231,8 @@ def _export_one(fmt, model, ck, path):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_gate_catches_a_small_weight_error(fmt, tiny_run, reference, tmp_path):
     """A file whose one bias is off by 0.01 must fail; the same file without the error must pass."""
-    from export.parity import parity_problem, validate_file
-    from train.checkpoint import build_model, load_checkpoint
+    from toolkit.export.parity import parity_problem, validate_file
+    from toolkit.train.checkpoint import build_model, load_checkpoint
 
     ck = load_checkpoint(tiny_run[0])
     good, bad = tmp_path / f"good.{fmt}", tmp_path / f"bad.{fmt}"
@@ -254,9 +254,9 @@ def test_gate_catches_a_frozen_batch_dimension(tiny_run, reference, tmp_path):
     """An ONNX file exported without a dynamic batch axis works at batch 2 only: the random batches catch it."""
     import warnings
 
-    from export.onnx_export import contract_for, embed_contract
-    from export.parity import parity_problem, validate_file
-    from train.checkpoint import build_model, load_checkpoint
+    from toolkit.export.onnx_export import contract_for, embed_contract
+    from toolkit.export.parity import parity_problem, validate_file
+    from toolkit.train.checkpoint import build_model, load_checkpoint
 
     ck = load_checkpoint(tiny_run[0])
     path = tmp_path / "fixed.onnx"
@@ -272,7 +272,7 @@ def test_gate_catches_a_frozen_batch_dimension(tiny_run, reference, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_gate_reports_a_file_that_does_not_load(fmt, tiny_onnx, reference, tmp_path):
-    from export.parity import parity_problem, validate_file
+    from toolkit.export.parity import parity_problem, validate_file
 
     path = tmp_path / f"cut.{fmt}"
     data = tiny_onnx.read_bytes()
@@ -284,10 +284,10 @@ def test_gate_reports_a_file_that_does_not_load(fmt, tiny_onnx, reference, tmp_p
 
 def test_int8_gate_fails_on_a_model_that_lost_accuracy(reference, tiny_run, tmp_path):
     """An 'INT8' file that is really an untrained network must fail the accuracy gate."""
-    from export.onnx_export import contract_for, export_onnx
-    from export.parity import int8_problem, validate_file
-    from train.checkpoint import load_checkpoint
-    from train.model import SimpleNN as ToolkitNN
+    from toolkit.export.onnx_export import contract_for, export_onnx
+    from toolkit.export.parity import int8_problem, validate_file
+    from toolkit.train.checkpoint import load_checkpoint
+    from toolkit.train.model import SimpleNN as ToolkitNN
 
     torch.manual_seed(1)
     path = tmp_path / "untrained.int8.onnx"
@@ -311,9 +311,9 @@ class _Payload:
 
 
 def _bad_checkpoint(kind: str, folder: Path, good: Path, onnx_file: Path) -> Path:
-    from train.checkpoint import load_checkpoint
-    from train.model import MLPConfig
-    from train.model import SimpleNN as ToolkitNN
+    from toolkit.train.checkpoint import load_checkpoint
+    from toolkit.train.model import MLPConfig
+    from toolkit.train.model import SimpleNN as ToolkitNN
 
     path = folder / f"{kind}.pth"
     marker = folder / "MARKER"

@@ -30,8 +30,8 @@ def _files(report: dict) -> dict[str, Path]:
 
 def _expected_counts(ckpt_path):
     """Trainable parameters, and every float tensor ONNX keeps (BatchNorm statistics too)."""
-    from train.checkpoint import load_checkpoint
-    from train.model import SimpleNN, parameter_count
+    from toolkit.train.checkpoint import load_checkpoint
+    from toolkit.train.model import SimpleNN, parameter_count
 
     ck = load_checkpoint(ckpt_path)
     floats = sum(v.numel() for v in ck.state_dict.values() if v.is_floating_point())
@@ -128,7 +128,7 @@ def test_bad_model_files_are_one_line(name, tmp_path, tiny_export):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script/save: deprecated, still supported
 def test_scripted_module_loads_without_toolkit_metadata(tmp_path):
     """A TorchScript file from elsewhere is still described, with what can be known."""
-    from train.model import SimpleNN
+    from toolkit.train.model import SimpleNN
 
     path = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(SimpleNN().eval()), str(path))

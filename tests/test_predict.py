@@ -511,7 +511,7 @@ def test_sigint_mid_run_leaves_a_readable_prefix(tiny_onnx, mnist, tmp_path):
     root = tmp_path / "many"
     items = write_labelled(root, mnist, 2500)
     out = tmp_path / "live.csv"
-    cmd = [sys.executable, "-m", "toolkit.cli", "predict", str(root), "--model", str(tiny_onnx), "--provider", "cpu",
+    cmd = [sys.executable, "-m", "toolkit", "predict", str(root), "--model", str(tiny_onnx), "--provider", "cpu",
            "--output", str(out), "--batch-size", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -585,7 +585,7 @@ def test_cli_subprocess_with_torch_shadowed(tiny_onnx, mnist, tmp_path):
     shim.mkdir(parents=True)
     (shim / "__init__.py").write_text("raise ImportError('torch is not installed here')\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "shim"))
-    proc = subprocess.run([sys.executable, "-m", "toolkit.cli", "predict", str(root), "--model", str(tiny_onnx),
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "predict", str(root), "--model", str(tiny_onnx),
                            "--provider", "cpu"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 6  # header + five rows

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from toolkit.errors import CheckpointError, OutputError
-from train.checkpoint import FORMAT, build_model, load_checkpoint
-from train.recipes import RECIPES
-from train.run import output_paths, train_to_files
+from toolkit.train.checkpoint import FORMAT, build_model, load_checkpoint
+from toolkit.train.recipes import RECIPES
+from toolkit.train.run import output_paths, train_to_files
 
 
 class SeedSimpleNN(nn.Module):
@@ -106,7 +106,7 @@ def test_existing_output_is_refused_before_training(tiny_ckpt):
 
 def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
     """Ctrl-C during the checkpoint write: no partial file under any name."""
-    import train.checkpoint as C
+    import toolkit.train.checkpoint as C
 
     def interrupted_save(obj, f, *a, **k):
         with open(f, "wb") as fh:
@@ -115,7 +115,7 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", interrupted_save)
     model = SeedSimpleNN()
-    from train.model import SimpleNN
+    from toolkit.train.model import SimpleNN
 
     ours = SimpleNN()
     ours.load_state_dict(model.state_dict())

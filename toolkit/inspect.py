@@ -18,15 +18,15 @@ def describe(path: str | os.PathLike) -> dict:
 
         return describe_onnx(path)
     if suffix == ".pt":
-        from export.inspect_torchscript import describe_torchscript
+        from toolkit.export.inspect_torchscript import describe_torchscript
 
         return describe_torchscript(path)
     return describe_checkpoint(path)
 
 
 def describe_checkpoint(path: Path) -> dict:
-    from train.checkpoint import load_checkpoint
-    from train.model import parameter_count, SimpleNN
+    from toolkit.train.checkpoint import load_checkpoint
+    from toolkit.train.model import parameter_count, SimpleNN
 
     ck = load_checkpoint(path)
     return {

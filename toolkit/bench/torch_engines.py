@@ -135,6 +135,6 @@ class EagerEngine(_TorchEngine):
     suffix = ".pth"
 
     def load(self, torch, device: str):
-        from train.checkpoint import build_model, load_checkpoint
+        from toolkit.train.checkpoint import build_model, load_checkpoint
 
         return build_model(load_checkpoint(self.artifact())).to(device)

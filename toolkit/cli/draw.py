@@ -1,6 +1,6 @@
 import click
 
-from .common import model_option, provider_option
+from .options import model_option, provider_option
 
 
 @click.command("draw")

@@ -1,6 +1,6 @@
 import click
 
-from .common import data_dir_option, force_option
+from .options import data_dir_option, force_option
 
 
 @click.command("train")
@@ -25,7 +25,7 @@ def command(recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_s
     Nothing is written until training finishes; every output is written
     atomically, so Ctrl-C leaves no half-written file.
     """
-    from train.run import train_to_files
+    from toolkit.train.run import train_to_files
 
     summary = train_to_files(out=out, recipe_name=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
                              seed=seed, device=device, data_dir=data_dir, train_subset=train_subset,

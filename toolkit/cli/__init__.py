@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, ToolkitError
+from .. import __version__
+from ..errors import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, ToolkitError
 
 # Packages of the `train` extra: an edge install (plain `pip install`) lacks them on purpose.
 TRAIN_EXTRA_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}
@@ -63,9 +63,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from .commands import bench_cmd, draw_cmd, export_cmd, inspect_cmd, predict_cmd, train_cmd
+    from . import bench, draw, export, inspect, predict, train
 
-    for module in (train_cmd, export_cmd, inspect_cmd, predict_cmd, bench_cmd, draw_cmd):
+    for module in (train, export, inspect, predict, bench, draw):
         cli.add_command(module.command)
 
 

@@ -2,7 +2,7 @@ import shlex
 
 import click
 
-from .common import force_option, model_option, provider_option
+from .options import force_option, model_option, provider_option
 
 
 def _int_list(ctx, param, value):

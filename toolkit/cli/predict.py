@@ -1,6 +1,6 @@
 import click
 
-from .common import force_option, model_option, provider_option
+from .options import force_option, model_option, provider_option
 
 EPILOG = """\b
 Preprocessing (from the model's metadata; same module as train/export):

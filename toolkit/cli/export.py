@@ -1,8 +1,8 @@
 import click
 
-from export.defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
+from toolkit.export.defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
 
-from .common import data_dir_option, force_option
+from .options import data_dir_option, force_option
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
@@ -43,8 +43,8 @@ def command(checkpoint, out_dir, formats, opset, atol, rtol, int8, int8_max_drop
     on failure nothing is written or replaced and the exit code is 4.
     Existing outputs are refused (exit 1) unless --force is given.
     """
-    from export.pipeline import export_checkpoint
-    from export.report import render_table
+    from toolkit.export.pipeline import export_checkpoint
+    from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed
 
     if int8 and "onnx" not in formats:

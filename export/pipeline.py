@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.atomic import atomic_path, check_writable, file_sha256, prepare_folder, removed_on_failure, write_text
-from toolkit.bench.env import cpu_info
+from toolkit.machine import cpu_info
 from toolkit.errors import CheckpointError, OutputError, ValidationFailed
 from toolkit.train.checkpoint import versions
 

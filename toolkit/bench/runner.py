@@ -16,7 +16,7 @@ from ..atomic import file_sha256
 from ..errors import ModelError, ProviderUnavailable
 from . import goals
 from .base import EngineUnavailable, engines, plugin_errors
-from .env import environment, gpu_info, physical_cores
+from ..machine import environment, gpu_info, physical_cores
 from .flops import count_flops
 from .peak import measure_peak
 from .stats import summarize

@@ -1,4 +1,4 @@
-"""What the numbers were measured on. Reads /proc and package metadata; imports no torch."""
+"""The machine numbers are measured on, and how many CPUs work may use. Reads /proc and package metadata; imports no torch."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import cli
+from toolkit.cli.options import exit_codes_help
+from toolkit.errors import EXIT_CODES, EXIT_GATE, EXIT_USAGE
+
+from conftest import ROOT
 
 COMMANDS = ["train", "export", "inspect", "predict", "bench", "draw"]
 
@@ -21,10 +26,41 @@ def test_help(args):
     assert "Usage:" in result.output
 
 
-def test_top_level_help_lists_exit_codes():
-    out = CliRunner().invoke(cli, ["--help"]).output
-    for code in ("0", "1", "2", "3", "4", "5", "130"):
-        assert f"  {code} " in out
+def _help_exit_codes(args) -> list[tuple[int, str]]:
+    """The (code, meaning) rows under "Exit codes:" in a command's --help."""
+    out = CliRunner().invoke(cli, args, terminal_width=200).output
+    block = out.split("Exit codes:\n", 1)[1]
+    rows = []
+    for line in block.splitlines():
+        code, _, meaning = line.strip().partition(" ")
+        if not code.isdigit():
+            break
+        rows.append((int(code), meaning.strip()))
+    return rows
+
+
+def test_top_level_help_is_the_exit_code_table():
+    assert _help_exit_codes(["--help"]) == list(EXIT_CODES)
+
+
+def test_predict_help_codes_come_from_the_table():
+    table = dict(EXIT_CODES)
+    rows = _help_exit_codes(["predict", "--help"])
+    assert [code for code, _ in rows] == [code for code in table if code != EXIT_GATE]  # predict has no gate
+    assert dict(rows)[EXIT_USAGE] == table[EXIT_USAGE]  # a code predict does not reword keeps the table's meaning
+
+
+def test_exit_codes_help_refuses_a_code_outside_the_table():
+    with pytest.raises(ValueError, match="not in toolkit.errors.EXIT_CODES"):
+        exit_codes_help({6: "a code nobody documented"})
+
+
+def test_readme_exit_code_table_is_the_table():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if re.match(r"\|\s*\d+\s*\|", line)]
+    # README may set names in `code` style; the words themselves must be the table's.
+    assert [(int(code), meaning.strip().replace("`", "")) for code, meaning in rows] == list(EXIT_CODES)
 
 
 @pytest.mark.parametrize("args", [["--help"]] + [[c, "--help"] for c in COMMANDS])

@@ -1,13 +1,7 @@
 """Typed errors raised by the library; the CLI turns each into one line and an exit code.
 
-Exit codes (documented in README and `toolkit --help`):
-  0  success
-  1  an input, model, checkpoint or output path is unusable (the message names it)
-  2  usage error (bad option or argument)
-  3  finished, but some input files were skipped (predict)
-  4  a validation gate failed (export parity, INT8 accuracy)
-  5  the requested environment is unavailable (CUDA provider, display, torch not installed)
-  130 interrupted (Ctrl-C); files already completed are kept intact
+EXIT_CODES is the one exit-code table: `toolkit --help` and the command epilogs are generated from it,
+and a test holds README's table to it.
 """
 
 from __future__ import annotations
@@ -21,6 +15,16 @@ EXIT_PARTIAL = 3
 EXIT_GATE = 4
 EXIT_UNAVAILABLE = 5
 EXIT_INTERRUPTED = 130
+
+EXIT_CODES = (
+    (EXIT_OK, "success"),
+    (EXIT_ERROR, "an input, model, checkpoint or output path is unusable (the message names it)"),
+    (EXIT_USAGE, "usage error (bad option or argument)"),
+    (EXIT_PARTIAL, "finished, but some input files were skipped (predict)"),
+    (EXIT_GATE, "a validation gate failed (export parity, INT8 accuracy)"),
+    (EXIT_UNAVAILABLE, "requested environment unavailable (CUDA provider, display, the train extra not installed)"),
+    (EXIT_INTERRUPTED, "interrupted; files already completed are kept intact"),
+)
 
 
 class ToolkitError(Exception):

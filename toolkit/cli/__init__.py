@@ -12,20 +12,10 @@ import click
 
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, ToolkitError
+from .options import exit_codes_help
 
 # Packages of the `train` extra: an edge install (plain `pip install`) lacks them on purpose.
 TRAIN_EXTRA_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}
-
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0    success
-  1    an input, model, checkpoint or output path is unusable (the message names it)
-  2    usage error (bad option or argument)
-  3    finished, but some input files were skipped (predict)
-  4    a validation gate failed (export parity, INT8 accuracy)
-  5    requested environment unavailable (CUDA provider, display, torch not installed)
-  130  interrupted; files already completed are kept intact
-"""
 
 
 class ToolkitGroup(click.Group):
@@ -47,7 +37,7 @@ class ToolkitGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
 
 
-@click.group(cls=ToolkitGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ToolkitGroup, epilog=exit_codes_help(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="toolkit")
 def cli() -> None:
     """Train the MNIST MLP, export it to TorchScript/ONNX with a parity gate,

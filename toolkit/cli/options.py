@@ -2,6 +2,8 @@
 
 import click
 
+from ..errors import EXIT_CODES
+
 force_option = click.option("--force", is_flag=True,
                             help="Replace existing output files. Without it, existing outputs are never overwritten.")
 
@@ -18,3 +20,17 @@ def provider_option(choices=("auto", "cpu", "cuda"), default="auto"):
         "--provider", type=click.Choice(list(choices)), default=default, show_default=True,
         help="ONNX Runtime execution provider. auto: CUDA when it really works (and says so), else CPU; "
              "cuda: fail with the reason if CUDA cannot be used, never a silent CPU fallback.")
+
+
+def exit_codes_help(wording: dict[int, str] | None = None, omit: tuple[int, ...] = ()) -> str:
+    """The epilog block listing exit codes, from toolkit.errors.EXIT_CODES.
+
+    A command may word a code for its own case (`wording`) or leave out codes it never returns (`omit`);
+    the codes themselves come only from the table.
+    """
+    wording = wording or {}
+    unknown = (set(wording) | set(omit)) - {code for code, _ in EXIT_CODES}
+    if unknown:
+        raise ValueError(f"exit codes not in toolkit.errors.EXIT_CODES: {sorted(unknown)}")
+    rows = [f"  {code:<5}{wording.get(code, meaning)}" for code, meaning in EXIT_CODES if code not in omit]
+    return "\b\nExit codes:\n" + "\n".join(rows) + "\n"

@@ -1,6 +1,7 @@
 import click
 
-from .options import force_option, model_option, provider_option
+from ..errors import EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE
+from .options import exit_codes_help, force_option, model_option, provider_option
 
 EPILOG = """\b
 Preprocessing (from the model's metadata; same module as train/export):
@@ -19,15 +20,13 @@ sorted order; images in a folder named after a class (e.g. samples/3/)
 are labelled: accuracy is reported, and a confusion-matrix PNG is written
 to --confusion, or beside --output as NAME.confusion.png.
 
-\b
-Exit codes:
-  0    every image predicted
-  1    unusable model or output path, or no image files at all
-  2    usage error (bad option or argument)
-  3    finished, but some files were skipped (each is listed with its reason)
-  5    --provider cuda requested but CUDA cannot be used
-  130  interrupted (Ctrl-C): --output keeps every row written so far
-"""
+""" + exit_codes_help({
+    EXIT_OK: "every image predicted",
+    EXIT_ERROR: "unusable model or output path, or no image files at all",
+    EXIT_PARTIAL: "finished, but some files were skipped (each is listed with its reason)",
+    EXIT_UNAVAILABLE: "--provider cuda requested but CUDA cannot be used",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C): --output keeps every row written so far",
+}, omit=(EXIT_GATE,))
 
 
 def _check_output(ctx, param, value):

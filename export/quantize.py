@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import numpy as np
 
@@ -65,23 +64,21 @@ def batch1_latency_us(paths: dict[str, str | os.PathLike], x1: np.ndarray, runs:
     image gains nothing from more, and the number is steadier.
     """
     from toolkit.runtime import create_session
+    from toolkit.timing import measure, summarize
 
-    sessions = {name: create_session(path, provider="cpu", threads=threads)[0] for name, path in paths.items()}
-    feeds = {name: {s.get_inputs()[0].name: x1} for name, s in sessions.items()}
-    for name, s in sessions.items():
-        for _ in range(warmup):
-            s.run(None, feeds[name])
-    samples: dict[str, list[int]] = {name: [] for name in sessions}
+    runs_of = {}
+    for name, path in paths.items():
+        session = create_session(path, provider="cpu", threads=threads)[0]
+        feed = {session.get_inputs()[0].name: x1}
+        runs_of[name] = lambda session=session, feed=feed: session.run(None, feed)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
     rounds = 4
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            feed, out = feeds[name], samples[name]
-            for _ in range(max(1, runs // rounds)):
-                t = time.perf_counter_ns()
-                s.run(None, feed)
-                out.append(time.perf_counter_ns() - t)
-    return {name: {"median_us": float(np.median(v)) / 1e3, "p90_us": float(np.percentile(v, 90)) / 1e3,
-                   "runs": len(v), "threads": threads} for name, v in samples.items()}
+    for i in range(rounds):
+        for name, run in runs_of.items():
+            samples[name] += measure(run, warmup=warmup if i == 0 else 0, runs=max(1, runs // rounds))[1]
+    stats = {name: summarize(v).latency_ms for name, v in samples.items()}
+    return {name: {"median_us": s.p50 * 1e3, "p90_us": s.p90 * 1e3, "runs": len(samples[name]), "threads": threads}
+            for name, s in stats.items()}
 
 
 def latency_verdict(int8_us: float, float_us: float) -> str:

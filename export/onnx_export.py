@@ -85,4 +85,5 @@ def contract_for(loaded, opset: int, precision: str = "float32", exporter: str =
         output_name=OUTPUT_NAME, classes=list(loaded.classes), preprocess=spec,
         source_sha256=loaded.sha256, torch_version=str(torch.__version__), onnx_version=onnx.__version__,
         opset=opset, exporter=exporter, precision=precision, extra=dict(extra or {}),
+        flops_per_image=loaded.config.flops_per_image(),  # bench's roofline reads it from the file
     )

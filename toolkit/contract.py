@@ -32,6 +32,7 @@ class ModelContract:
     opset: int = 0
     exporter: str = ""
     precision: str = "float32"
+    flops_per_image: int | None = None  # multiply-adds x2 per image, counted by export; None in older files
     extra: dict = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, str]:
@@ -51,6 +52,8 @@ class ModelContract:
             p + "exporter": self.exporter,
             p + "precision": self.precision,
         }
+        if self.flops_per_image is not None:
+            meta[p + "flops_per_image"] = str(self.flops_per_image)
         for k, v in self.extra.items():
             meta[p + k] = v if isinstance(v, str) else json.dumps(v)
         return meta
@@ -64,7 +67,7 @@ class ModelContract:
         try:
             known = {"contract_version", "input_name", "input_shape", "input_dtype", "output_name", "classes",
                      "preprocess", "source_sha256", "torch_version", "onnx_version", "opset", "exporter",
-                     "precision"}
+                     "precision", "flops_per_image"}
             return cls(
                 input_name=meta[p + "input_name"],
                 input_shape=json.loads(meta[p + "input_shape"]),
@@ -78,6 +81,7 @@ class ModelContract:
                 opset=int(meta.get(p + "opset", "0") or 0),
                 exporter=meta.get(p + "exporter", ""),
                 precision=meta.get(p + "precision", "float32"),
+                flops_per_image=int(meta[p + "flops_per_image"]) if p + "flops_per_image" in meta else None,
                 extra={k[len(p):]: v for k, v in meta.items() if k.startswith(p) and k[len(p):] not in known},
             )
         except (KeyError, ValueError, TypeError) as e:

@@ -17,6 +17,17 @@ SOURCE_DIRS = {"toolkit": "toolkit", "train": "toolkit/train", "export": "toolki
 ARTIFACTS = Path(os.environ.get("TOOLKIT_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 
 
+# A test that needs one of these session fixtures waits for a real training or a wheel build (seconds):
+# it is `slow` by construction, and one that needs the X server is `gui`, without a decorator to forget.
+MARKED_BY_FIXTURE = {"tiny_run": "slow", "wheel": "slow", "xvfb": "gui"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture in MARKED_BY_FIXTURE.keys() & set(item.fixturenames):
+            item.add_marker(MARKED_BY_FIXTURE[fixture])
+
+
 @pytest.fixture(scope="session")
 def mnist():
     from toolkit.train.data import load_mnist

@@ -73,6 +73,7 @@ def test_help_does_not_import_torch(args):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_train_cli_and_inspect_json(tmp_path, mnist):
     runner = CliRunner()
     out = tmp_path / "m.pth"

@@ -79,6 +79,7 @@ def test_wheel_install_imports_no_top_level_train_or_export(installed_wheel, tmp
     _check_namespace(tmp_path, {"PYTHONPATH": str(target)}, str(target))
 
 
+@pytest.mark.slow
 def test_editable_install_imports_no_top_level_train_or_export(tmp_path):
     # An egg-info folder left in the repository by a build is a distribution too; the installed one has direct_url.json.
     urls = [json.loads(d.read_text("direct_url.json") or "{}") for d in metadata.distributions(name="toolkit")]

@@ -85,6 +85,7 @@ def test_seed_state_dict_loads_unchanged(tiny_run, tmp_path):
         assert torch.equal(ours(x), seed_model.eval()(x))
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(tmp_path):
     a = train_to_files(out=tmp_path / "a.pth", epochs=1, train_subset=2000, seed=7, device="cpu", progress=False)
     b = train_to_files(out=tmp_path / "b.pth", epochs=1, train_subset=2000, seed=7, device="cpu", progress=False)
@@ -124,6 +125,7 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_out_in_a_new_folder_and_under_a_file(tmp_path):
     out = tmp_path / "runs" / "a" / "model.pth"
     train_to_files(out=out, epochs=1, train_subset=200, progress=False)

@@ -36,6 +36,29 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
+def seed_model_class():
+    """The seed notebook's network class, verbatim (pytorch-notes.md, MNIST example): its state_dict
+    keys (model.1.weight ... model.13.bias) are the layout our checkpoints must keep loading."""
+    from torch import nn
+
+    class SimpleNN(nn.Module):
+        def __init__(self):
+            super(SimpleNN, self).__init__()
+            self.model = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(28 * 28, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.1), nn.Dropout(0.3),
+                nn.Linear(512, 256), nn.BatchNorm1d(256), nn.LeakyReLU(0.1), nn.Dropout(0.3),
+                nn.Linear(256, 128), nn.BatchNorm1d(128), nn.LeakyReLU(0.1), nn.Dropout(0.3),
+                nn.Linear(128, 10),
+            )
+
+        def forward(self, x):
+            return self.model(x)
+
+    return SimpleNN
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mnist):
     """A real 1-epoch training on 10,000 images (~90% test accuracy), written by the library."""
     from toolkit.train.run import train_to_files

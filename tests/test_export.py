@@ -36,40 +36,12 @@ def exported_files(folder: Path) -> list[str]:
                   if p.name.endswith(EXPORT_SUFFIXES) or p.name.endswith(".part"))
 
 
-# The seed's own network, exactly as /work/shared/seed/pytorch-notes.md defines it.
-class SimpleNN(nn.Module):
-    def __init__(self):
-        super(SimpleNN, self).__init__()
-        self.model = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(28*28, 512),
-            nn.BatchNorm1d(512),
-            nn.LeakyReLU(0.1),
-            nn.Dropout(0.3),
-
-            nn.Linear(512, 256),
-            nn.BatchNorm1d(256),
-            nn.LeakyReLU(0.1),
-            nn.Dropout(0.3),
-
-            nn.Linear(256, 128),
-            nn.BatchNorm1d(128),
-            nn.LeakyReLU(0.1),
-            nn.Dropout(0.3),
-
-            nn.Linear(128, 10),
-        )
-
-    def forward(self, x):
-        return self.model(x)
-
-
 @pytest.fixture
-def seed_state_dict(tiny_ckpt) -> Path:
+def seed_state_dict(tiny_ckpt, seed_model_class) -> Path:
     """The tiny weights saved the way the seed script saves them: torch.save(model.state_dict())."""
     from toolkit.train.checkpoint import load_checkpoint
 
-    model = SimpleNN()
+    model = seed_model_class()
     model.load_state_dict(load_checkpoint(tiny_ckpt).state_dict)
     path = tiny_ckpt.parent / "seed_model.pth"
     torch.save(model.state_dict(), path)

@@ -14,23 +14,6 @@ from toolkit.train.recipes import RECIPES
 from toolkit.train.run import output_paths, train_to_files
 
 
-class SeedSimpleNN(nn.Module):
-    """Verbatim architecture of the seed notebook (pytorch-notes.md, MNIST example)."""
-
-    def __init__(self):
-        super(SeedSimpleNN, self).__init__()
-        self.model = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(28 * 28, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.1), nn.Dropout(0.3),
-            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.LeakyReLU(0.1), nn.Dropout(0.3),
-            nn.Linear(256, 128), nn.BatchNorm1d(128), nn.LeakyReLU(0.1), nn.Dropout(0.3),
-            nn.Linear(128, 10),
-        )
-
-    def forward(self, x):
-        return self.model(x)
-
-
 def test_seed_recipe_is_the_notebooks():
     r = RECIPES["seed"]
     assert (r.optimizer, r.lr, r.batch_size, r.epochs, r.label_smoothing, r.max_shift) == ("adam", 0.01, 64, 15, 0.0, 0)
@@ -71,9 +54,9 @@ def test_checkpoint_round_trip_weights_only(tiny_run, mnist):
     assert abs((pred == mnist.test_labels).mean() - summary["test_accuracy"]) < 1e-6
 
 
-def test_seed_state_dict_loads_unchanged(tiny_run, tmp_path):
+def test_seed_state_dict_loads_unchanged(tiny_run, tmp_path, seed_model_class):
     out, _ = tiny_run
-    seed_model = SeedSimpleNN()
+    seed_model = seed_model_class()
     seed_model.load_state_dict(load_checkpoint(out).state_dict)  # strict: same keys, same shapes
     path = tmp_path / "seed_model.pth"
     torch.save(seed_model.state_dict(), path)  # exactly how the notebook saves
@@ -105,7 +88,7 @@ def test_existing_output_is_refused_before_training(tiny_ckpt):
     assert tiny_ckpt.read_bytes() == before
 
 
-def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
+def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch, seed_model_class):
     """Ctrl-C during the checkpoint write: no partial file under any name."""
     import toolkit.train.checkpoint as C
 
@@ -115,7 +98,7 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", interrupted_save)
-    model = SeedSimpleNN()
+    model = seed_model_class()
     from toolkit.train.model import SimpleNN
 
     ours = SimpleNN()

@@ -1,11 +1,14 @@
 """`toolkit bench`: latency and throughput of the exported model across engines, providers and batch sizes.
 
-torch is never imported by this package's modules at import time; the torch engines import
-it when they are opened. See docs/bench.md for the JSON schema and the measured results.
+This package is edge core: it never imports torch or the torch side. The ONNX Runtime engines
+live here; the torch engines and the CUDA matmul peak live in toolkit.export.bench_engines, and
+the CLI passes them to ``run_bench``. See docs/bench.md and docs/bench-schema.md.
 """
 
-from .base import Case, Engine, EngineUnavailable, Instance, engines, register
-from .runner import DEFAULT_BATCH_SIZES, DEFAULT_DURATION, SCHEMA_VERSION, BenchSettings, run_bench
+from .document import SCHEMA_VERSION, BenchReport
+from .engine import Case, Engine, EngineUnavailable, Instance
+from .ort_engines import ORT_ENGINES
+from .runner import DEFAULT_BATCH_SIZES, DEFAULT_DURATION, BenchSettings, run_bench
 
-__all__ = ["BenchSettings", "Case", "DEFAULT_BATCH_SIZES", "DEFAULT_DURATION", "Engine", "EngineUnavailable",
-           "Instance", "SCHEMA_VERSION", "engines", "register", "run_bench"]
+__all__ = ["BenchReport", "BenchSettings", "Case", "DEFAULT_BATCH_SIZES", "DEFAULT_DURATION", "Engine",
+           "EngineUnavailable", "Instance", "ORT_ENGINES", "SCHEMA_VERSION", "run_bench"]

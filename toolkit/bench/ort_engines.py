@@ -8,8 +8,7 @@ import numpy as np
 
 from .. import runtime
 from ..errors import ModelError, ProviderUnavailable
-from .base import Case, Engine, Instance, register
-from .flops import count_flops
+from .engine import Case, Engine, Instance
 
 SPINNING = "1"  # worker threads spin between runs: lowest latency for back-to-back calls
 
@@ -39,69 +38,46 @@ class OrtInstance(Instance):
         self._graph_sessions = []
 
     def cases(self, x: np.ndarray) -> list[Case]:
-        session, inp, out = self.session, self.input, self.output.name
-
-        def e2e():
-            return session.run([out], {inp: x})
-
+        session, feed, out = self.session, {self.input: x}, [self.output.name]
+        e2e = Case("e2e", lambda: session.run(out, feed))
         if self.provider == "cpu":
-            return [Case("e2e", e2e)]
-        ort = runtime.import_ort()
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-        y_dev = ort.OrtValue.ortvalue_from_shape_and_type(self._output_shape(len(x)), np.float32, "cuda", 0)
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(inp, x_dev)
-        binding.bind_ortvalue_output(out, y_dev)
-
+            return [e2e]
+        binding, x_dev, y_dev = self._bind(session, x)
         # run_with_iobinding returns after the CUDA stream is synchronised (ORT's default),
         # so the clock stops when the result is really there.
-        def device():
-            session.run_with_iobinding(binding)
+        cases = [Case("device", lambda: session.run_with_iobinding(binding)), e2e,
+                 Case("h2d", lambda: x_dev.update_inplace(x), x.nbytes),
+                 Case("d2h", lambda: y_dev.numpy(), int(np.prod(y_dev.shape())) * 4)]
+        graph = self._graph_case(x) if self.cuda_graph else None
+        return cases + ([graph] if graph else [])
 
-        def h2d():
-            x_dev.update_inplace(x)
-
-        def d2h():
-            return y_dev.numpy()
-
-        cases = [Case("device", device), Case("e2e", e2e), Case("h2d", h2d, x.nbytes),
-                 Case("d2h", d2h, int(np.prod(self._output_shape(len(x)))) * 4)]
-        if self.cuda_graph:
-            graph = self._graph_case(x)
-            if graph is not None:
-                cases.append(graph)
-        return cases
-
-    def _output_shape(self, batch: int) -> list[int]:
+    def _bind(self, session, x: np.ndarray):
+        """Input and output OrtValues resident on cuda:0, bound to ``session``."""
         dims = self.output.shape[1:]
         if not all(isinstance(d, int) for d in dims):
             raise ModelError(self.path, f"output shape {self.output.shape} is not fixed apart from the batch axis; "
                                         "cannot pre-allocate device outputs")
-        return [batch, *dims]
+        ort = runtime.import_ort()
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        y_dev = ort.OrtValue.ortvalue_from_shape_and_type([len(x), *dims], np.float32, "cuda", 0)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(self.input, x_dev)
+        binding.bind_ortvalue_output(self.output.name, y_dev)
+        return binding, x_dev, y_dev
 
     def _graph_case(self, x: np.ndarray) -> Case | None:
         """A CUDA graph is captured for fixed buffers, so each batch size gets its own session."""
-        ort = runtime.import_ort()
-        opts, _ = bench_options(self.threads)
         t0 = time.perf_counter()
         try:
-            session = runtime.session_on(self.path, "cuda", opts, {"enable_cuda_graph": "1"})
+            session = runtime.session_on(self.path, "cuda", bench_options(self.threads)[0], {"enable_cuda_graph": "1"})
         except (ModelError, ProviderUnavailable) as e:
             # ORT refuses graph capture when any node would run outside the CUDA EP.
             self.notes.append(f"cuda-graph not timed for batch {len(x)}: {e}")
             return None
         self.notes.append(f"cuda-graph session for batch {len(x)} created in {time.perf_counter() - t0:.3f} s")
         self._graph_sessions.append(session)
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-        y_dev = ort.OrtValue.ortvalue_from_shape_and_type(self._output_shape(len(x)), np.float32, "cuda", 0)
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(self.input, x_dev)
-        binding.bind_ortvalue_output(self.output.name, y_dev)
-
-        def replay():
-            session.run_with_iobinding(binding)
-
-        return Case("cuda-graph", replay)
+        bound = self._bind(session, x)  # the lambda keeps the device buffers alive with the binding
+        return Case("cuda-graph", lambda: session.run_with_iobinding(bound[0]))
 
     def close(self) -> None:
         self._graph_sessions.clear()
@@ -131,15 +107,14 @@ class OrtFileEngine(Engine):
             config = {**config, "cuda_graph": bool(options.get("cuda_graph"))}
         instance = OrtInstance(session, provider, config, threads,
                                bool(options.get("cuda_graph")) and provider == "cuda", self.artifact())
-        # The label comes from the graph itself: metadata copied by a quantizer can still say float32.
-        instance.precision = "int8" if count_flops(self.artifact()).quantized else "float32"
+        # export writes the precision into each file's contract ("int8" for the quantized one)
+        instance.precision = runtime.read_contract(session, self.artifact()).precision
         if instance.precision != self.precision:
-            instance.notes.append(f"{self.artifact().name} holds a {instance.precision} graph, "
+            instance.notes.append(f"the contract of {self.artifact().name} says {instance.precision}, "
                                   f"not the {self.precision} this engine expects")
         return instance
 
 
-@register
 class OrtEngine(OrtFileEngine):
     name = "ort"
     description = "ONNX Runtime, the exported float32 model"
@@ -148,9 +123,11 @@ class OrtEngine(OrtFileEngine):
         return self.model
 
 
-@register
 class OrtInt8Engine(OrtFileEngine):
     name = "ort-int8"
     precision = "int8"
     description = "ONNX Runtime, the INT8 variant written by export (<stem>.int8.onnx)"
     suffix = ".int8.onnx"
+
+
+ORT_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (OrtEngine, OrtInt8Engine)}

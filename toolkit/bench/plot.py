@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 from ..atomic import atomic_path
-from .base import EngineUnavailable
+from .document import BenchReport
+from .engine import EngineUnavailable
 
 PLOTTED_MODES = ("e2e", "device", "cuda-graph")  # copies alone are not model speed
 
@@ -15,7 +16,7 @@ def require_matplotlib() -> None:
         raise EngineUnavailable("--plot needs matplotlib, which is not installed (pip install matplotlib)")
 
 
-def write_plot(doc: dict, path) -> None:
+def write_plot(doc: BenchReport, path) -> None:
     require_matplotlib()
     import matplotlib
 
@@ -25,16 +26,16 @@ def write_plot(doc: dict, path) -> None:
 
     fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(12, 4.8))
     series: dict[tuple, list] = {}
-    for r in doc["results"]:
-        if r["mode"] in PLOTTED_MODES:
-            series.setdefault((r["engine"], r["provider"], r["mode"]), []).append(r)
+    for r in doc.results:
+        if r.mode in PLOTTED_MODES:
+            series.setdefault((r.engine, r.provider, r.mode), []).append(r)
     for (engine, provider, mode), rows in series.items():
-        rows.sort(key=lambda r: r["batch"])
+        rows.sort(key=lambda r: r.batch)
         label = f"{engine} / {provider}" + ("" if mode == "e2e" else f" / {mode}")
-        batches = [r["batch"] for r in rows]
-        ax_lat.plot(batches, [r["latency_ms"]["p50"] for r in rows], marker="o", label=label)
-        ax_tp.plot(batches, [r["throughput_ips"] for r in rows], marker="o", label=label)
-    all_batches = sorted({r["batch"] for r in doc["results"]})
+        batches = [r.batch for r in rows]
+        ax_lat.plot(batches, [r.latency_ms.p50 for r in rows], marker="o", label=label)
+        ax_tp.plot(batches, [r.throughput_ips for r in rows], marker="o", label=label)
+    all_batches = sorted({r.batch for r in doc.results})
     for ax, title, unit in ((ax_lat, "p50 latency", "ms per batch"), (ax_tp, "throughput", "images / s")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_batches, [str(b) for b in all_batches])
@@ -45,7 +46,7 @@ def write_plot(doc: dict, path) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     ax_tp.legend(fontsize="small")
-    env = doc["environment"]
+    env = doc.environment
     gpu = f", {env['gpu']['name']}" if env.get("gpu") and env["gpu"].get("name") else ""
     fig.suptitle(f"toolkit bench: {env['cpu']['model']} ({env['threads']} threads){gpu}", fontsize="medium")
     fig.tight_layout()

@@ -1,4 +1,4 @@
-"""Run the benchmark plan and assemble the report document (schema: docs/bench.md)."""
+"""Run the benchmark plan and assemble the report (schema: docs/bench-schema.md)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 
 from .. import __version__, runtime
 from ..atomic import file_sha256
 from ..errors import ModelError, ProviderUnavailable
-from . import goals
-from .base import EngineUnavailable, engines, plugin_errors
 from ..machine import environment, gpu_info, physical_cores
-from .flops import count_flops
-from .peak import measure_peak
-from .stats import summarize
-from .timing import measure
+from ..timing import measure, summarize
+from .document import BenchReport, EngineRun, ModelInfo, ResultRow, RunSettings, Skipped, roofline
+from .engine import Engine, EngineUnavailable
+from .ort_engines import OrtEngine
+from .peak import Peak, cpu_peak
 
-SCHEMA_VERSION = "1"
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 DEFAULT_DURATION = 0.5
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "all")
@@ -56,16 +55,9 @@ class BenchSettings:
 def _model_info(path: Path):
     session, _, _ = runtime.create_session(path, "cpu")
     contract = runtime.read_contract(session, path)
-    flops = count_flops(path)
-    digest = file_sha256(path)
-    info = {
-        "path": str(path), "sha256": digest, "size_bytes": path.stat().st_size,
-        "precision": contract.precision, "input_shape": contract.input_shape,
-        "flops_per_image": flops.flops_per_image or None,
-        "flops_source": f"ONNX graph: {flops.matmul_nodes} matrix-multiply node(s), 2*K*N per weight matrix",
-        "flops_unresolved_nodes": flops.unresolved,
-    }
-    return contract, info
+    return contract, ModelInfo(path=str(path), sha256=file_sha256(path), size_bytes=path.stat().st_size,
+                               precision=contract.precision, input_shape=contract.input_shape,
+                               flops_per_image=contract.flops_per_image)
 
 
 def _load_average() -> float | None:
@@ -82,21 +74,20 @@ def _inputs(contract, batch: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(spec.normalize(pixels))
 
 
-def _select(settings: BenchSettings, skipped: list) -> list:
-    registry = engines()
+def _select(settings: BenchSettings, engines: Mapping[str, type[Engine]], skipped: list[Skipped]) -> list[Engine]:
     explicit = settings.engines is not None
-    names = list(settings.engines) if explicit else list(registry)
-    for name in names:
-        if name not in registry:
-            raise ValueError(f"unknown engine {name!r}; known: {', '.join(registry)}")
+    names = list(settings.engines) if explicit else list(engines)
+    unknown = [n for n in names if n not in engines]
+    if unknown:
+        raise ValueError(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(engines)}")
     selected = []
     for name in names:
-        engine = registry[name](settings.model)
+        engine = engines[name](settings.model)
         why = engine.missing()
         if why is None:
             selected.append(engine)
         elif not explicit:
-            skipped.append({"engine": name, "provider": None, "reason": why})
+            skipped.append(Skipped(name, None, why))
         elif not engine.artifact().is_file():
             raise ModelError(engine.artifact(), f"no such file, needed by engine {name} ({engine.description})")
         else:
@@ -104,13 +95,12 @@ def _select(settings: BenchSettings, skipped: list) -> list:
     return selected
 
 
-def _providers(settings: BenchSettings, threads: int, notes: list) -> list[str]:
+def _providers(settings: BenchSettings, threads: int, notes: list[str]) -> list[str]:
     if settings.provider == "all":
         return ["cpu", "cuda"]
     if settings.provider != "auto":
         return [settings.provider]
-    registry = engines()
-    why = registry["ort"](settings.model).cuda_problem(threads)
+    why = OrtEngine(settings.model).cuda_problem(threads)
     if why is None:
         notes.append("--provider auto: CUDA is usable, measuring on CUDA")
         return ["cuda"]
@@ -118,7 +108,8 @@ def _providers(settings: BenchSettings, threads: int, notes: list) -> list[str]:
     return ["cpu"]
 
 
-def _plan(settings: BenchSettings, selected: list, providers: list[str], threads: int, skipped: list) -> list:
+def _plan(settings: BenchSettings, selected: list[Engine], providers: list[str], threads: int,
+          skipped: list[Skipped]) -> list[tuple[str, Engine]]:
     plan, cuda_reasons = [], {}
     for provider in providers:
         for engine in selected:
@@ -129,7 +120,7 @@ def _plan(settings: BenchSettings, selected: list, providers: list[str], threads
                     if settings.provider == "cuda" and settings.engines is not None:
                         raise ProviderUnavailable(f"--provider cuda: engine {engine.name}: {why}")
                     cuda_reasons.setdefault(why, []).append(engine.name)
-                    skipped.append({"engine": engine.name, "provider": "cuda", "reason": why})
+                    skipped.append(Skipped(engine.name, "cuda", why))
                     continue
             plan.append((provider, engine))
     if settings.provider == "cuda" and not plan:
@@ -138,7 +129,17 @@ def _plan(settings: BenchSettings, selected: list, providers: list[str], threads
     return plan
 
 
-def _run_engine(engine, provider, settings, threads, duration, data, batches, results, bar) -> dict:
+def _peak(provider: str, threads: int, measure_peak: Callable[[int], Peak] | None) -> Peak:
+    if measure_peak is None:
+        return Peak(provider, error=f"no matmul measurement for {provider} in this install")
+    try:
+        return measure_peak(threads)
+    except Exception as e:  # the roof is context for the numbers, not a reason to lose them
+        return Peak(provider, error=f"the {provider} matmul measurement failed: {type(e).__name__}: {e}"[:300])
+
+
+def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads: int, duration: float | None,
+                data: np.ndarray, batches: list[int], results: list[ResultRow], bar) -> EngineRun:
     """Open one engine on one provider and time every case at every batch size into ``results``."""
     t0 = time.perf_counter()
     engine.prepare()
@@ -154,41 +155,47 @@ def _run_engine(engine, provider, settings, threads, duration, data, batches, re
                 for case in instance.cases(x):
                     first, times = measure(case.fn, warmup=settings.warmup, runs=settings.runs, duration=duration,
                                            min_runs=settings.min_runs)
-                    row = {"engine": engine.name, "provider": provider, "precision": precision, "batch": batch,
-                           "mode": case.mode, "first_run_ms": first * 1e3}
-                    row.update(summarize(times, batch))
-                    row["bytes"] = case.nbytes
-                    results.append(row)
+                    stats = summarize(times, batch)
+                    results.append(ResultRow(engine.name, provider, precision, batch, case.mode, first * 1e3,
+                                             stats.runs, stats.latency_ms, stats.throughput_ips, case.nbytes))
                 bar.update(1)
     finally:
         instance.close()
-    return {"engine": engine.name, "provider": provider, "precision": precision, "file": str(engine.artifact()),
-            "description": engine.description, "providers_used": instance.providers_used, "import_s": import_s,
-            "create_s": create_s, "config": instance.config, "notes": instance.notes}
+    return EngineRun(engine.name, provider, precision, str(engine.artifact()), engine.description,
+                     instance.providers_used, import_s, create_s, instance.config, instance.notes)
 
 
-def run_bench(settings: BenchSettings, progress: bool = False) -> dict:
+def run_bench(settings: BenchSettings, engines: Mapping[str, type[Engine]],
+              peaks: Mapping[str, Callable[[int], Peak]] | None = None, progress: bool = False) -> BenchReport:
+    """Time ``engines`` (name -> Engine class) as ``settings`` asks.
+
+    ``peaks`` maps a provider to the function measuring its matmul roof with a thread count
+    (default: the CPU one; the CLI adds CUDA's from the torch side).
+    """
     settings.validate()
+    peaks = {"cpu": cpu_peak} if peaks is None else peaks
     load_start = _load_average()
     model = Path(settings.model)
     contract, model_info = _model_info(model)
     threads = settings.threads or physical_cores()
     duration = None if settings.runs is not None else (settings.duration or DEFAULT_DURATION)
-    notes: list[str] = []
-    skipped = [{"engine": None, "provider": None, "reason": e} for e in plugin_errors]
-    selected = _select(settings, skipped)
-    providers = _providers(settings, threads, notes)
-    plan = _plan(settings, selected, providers, threads, skipped)
-
-    peaks = {}
-    for provider in dict.fromkeys(p for p, _ in plan):
-        if settings.peak:
-            peak, why = measure_peak(provider, threads)
-            peaks[provider] = peak if peak else {"error": why}
-
     batches = list(dict.fromkeys(settings.batch_sizes))
+    report = BenchReport(
+        tool=f"toolkit {__version__} bench",
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=settings.command, model=model_info, environment={},
+        settings=RunSettings(
+            provider=settings.provider, providers=[], batch_sizes=batches, warmup=settings.warmup, runs=settings.runs,
+            duration_s=duration, min_runs=settings.min_runs, threads=threads,
+            engines=list(settings.engines) if settings.engines else None, cuda_graph=settings.cuda_graph,
+            input=f"random uint8 pixels (seed {settings.seed}) through the model's preprocessing"))
+    selected = _select(settings, engines, report.skipped)
+    providers = report.settings.providers = _providers(settings, threads, report.notes)
+    plan = _plan(settings, selected, providers, threads, report.skipped)
+    if settings.peak:
+        report.peak = {p: _peak(p, threads, peaks.get(p)) for p in dict.fromkeys(p for p, _ in plan)}
+
     data = _inputs(contract, max(batches), settings.seed)
-    engines_out, results = [], []
     from tqdm import tqdm
 
     bar = tqdm(total=len(plan) * len(batches), desc="bench", unit="case", file=sys.stderr, leave=False,
@@ -197,43 +204,20 @@ def run_bench(settings: BenchSettings, progress: bool = False) -> dict:
         for provider, engine in plan:
             bar.set_postfix_str(f"{engine.name} on {provider}", refresh=True)
             try:
-                entry = _run_engine(engine, provider, settings, threads, duration, data, batches, results, bar)
+                report.engines.append(_run_engine(engine, provider, settings, threads, duration, data, batches,
+                                                  report.results, bar))
             except (ProviderUnavailable, EngineUnavailable) as e:
                 if settings.engines is not None:
                     raise
-                skipped.append({"engine": engine.name, "provider": provider, "reason": str(e)})
+                report.skipped.append(Skipped(engine.name, provider, str(e)))
                 bar.update(len(batches))
-                continue
-            engines_out.append(entry)
     finally:
         bar.close()
 
-    env = environment(threads)
+    env = report.environment = environment(threads)
     # Other processes on the machine show up as long tails; this says how busy it was.
     env["load_average_1m"] = {"start": load_start, "end": _load_average()}
-    if "cuda" in providers and any(p == "cuda" for p, _ in plan):
+    if any(p == "cuda" for p, _ in plan):
         env["gpu"] = gpu_info()
-    flops = model_info["flops_per_image"]
-    roofline = goals.roofline(results, peaks, flops)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tool": f"toolkit {__version__} bench",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": settings.command,
-        "model": model_info,
-        "settings": {
-            "provider": settings.provider, "providers": providers, "batch_sizes": batches,
-            "warmup": settings.warmup, "runs": settings.runs, "duration_s": duration, "min_runs": settings.min_runs,
-            "threads": threads, "engines": list(settings.engines) if settings.engines else None,
-            "cuda_graph": settings.cuda_graph,
-            "input": f"random uint8 pixels (seed {settings.seed}) through the model's preprocessing",
-        },
-        "environment": env,
-        "engines": engines_out,
-        "results": results,
-        "skipped": skipped,
-        "peak": peaks,
-        "roofline": roofline,
-        "goals": goals.evaluate(results, peaks, flops),
-        "notes": notes,
-    }
+    report.roofline = roofline(report.results, report.peak, model_info.flops_per_image)
+    return report

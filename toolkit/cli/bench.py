@@ -17,20 +17,18 @@ def _int_list(ctx, param, value):
     return tuple(dict.fromkeys(items))
 
 
-def _as_command(model, provider, engines, batch_sizes, warmup, runs, duration, threads, cuda_graph, no_peak) -> str:
-    """The run as one explicit command line, so a results page can say exactly what made it."""
-    args = ["toolkit", "bench", "--model", str(model), "--provider", provider,
-            "--batch-sizes", ",".join(map(str, batch_sizes)), "--warmup", str(warmup)]
-    if engines:
-        args += ["--engines", ",".join(engines)]
-    if runs is not None:
-        args += ["--runs", str(runs)]
-    if duration is not None:
-        args += ["--duration", str(duration)]
-    if threads is not None:
-        args += ["--threads", str(threads)]
-    args += ["--cuda-graph"] if cuda_graph else []
-    args += ["--no-peak"] if no_peak else []
+NOT_RECORDED = {"json_path", "plot_path", "progress", "force"}  # where output goes, not what was measured
+
+
+def _as_command(ctx: click.Context) -> str:
+    """The run as one explicit command line (every measuring option spelled out), for a results page."""
+    args = ["toolkit", "bench"]
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name in NOT_RECORDED or value is None or value is False:
+            continue
+        args += [param.opts[0]] if value is True else [param.opts[0], ",".join(map(str, value))
+                                                        if isinstance(value, tuple) else str(value)]
     return shlex.join(args)
 
 
@@ -47,7 +45,7 @@ def _name_list(ctx, param, value):
 @model_option
 @provider_option(choices=("auto", "cpu", "cuda", "all"), default="auto")
 @click.option("--engines", callback=_name_list, metavar="NAMES",
-              help="Comma-separated engines: ort, ort-int8, torchscript, eager (or a plug-in). "
+              help="Comma-separated engines: ort, ort-int8, torchscript, eager. "
                    "Default: every one whose file (<stem>.onnx/.int8.onnx/.pt/.pth beside --model) and "
                    "library are present; the others are listed as skipped.")
 @click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_int_list,
@@ -61,7 +59,7 @@ def _name_list(ctx, param, value):
               "BLAS threads for the matmul peak. Default: the physical cores available.")
 @click.option("--cuda-graph", is_flag=True, help="On CUDA, also time ONNX Runtime replaying a captured CUDA graph.")
 @click.option("--no-peak", is_flag=True, help="Skip the matrix-multiply peak measurement "
-              "(roofline rows then carry no fraction of peak; the peak goal is not evaluated).")
+              "(roofline rows then carry no fraction of peak).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full results as JSON "
               "(schema: docs/bench-schema.md).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
@@ -86,18 +84,20 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
     import json
 
     from toolkit.atomic import check_writable, write_text
-    from toolkit.bench import BenchSettings, engines as registry, run_bench
+    from toolkit.bench import ORT_ENGINES, BenchSettings, run_bench
+    from toolkit.bench.peak import cpu_peak
     from toolkit.bench.plot import require_matplotlib, write_plot
     from toolkit.bench.report import render
+    # The torch side's engines import torch only when opened; without torch they are skipped with why.
+    from toolkit.export.bench_engines import TORCH_ENGINES, cuda_peak
 
     if runs is not None and duration is not None:
         raise click.UsageError("give --runs or --duration, not both")
-    if engines:
-        known = registry()
-        unknown = [n for n in engines if n not in known]
-        if unknown:
-            raise click.BadParameter(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(known)}",
-                                     param_hint="--engines")
+    known = {**ORT_ENGINES, **TORCH_ENGINES}
+    unknown = [n for n in engines or () if n not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(known)}",
+                                 param_hint="--engines")
     # Fail before measuring, not after a minute of it.
     for path in (json_path, plot_path):
         if path:
@@ -107,13 +107,12 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
 
     settings = BenchSettings(model=model, provider=provider, batch_sizes=batch_sizes, warmup=warmup, runs=runs,
                              duration=duration, threads=threads, engines=engines, cuda_graph=cuda_graph,
-                             peak=not no_peak, command=_as_command(model, provider, engines, batch_sizes, warmup, runs,
-                                                 duration, threads, cuda_graph, no_peak))
-    doc = run_bench(settings, progress=progress)
-    click.echo(render(doc))
+                             peak=not no_peak, command=_as_command(click.get_current_context()))
+    report = run_bench(settings, known, {"cpu": cpu_peak, "cuda": cuda_peak}, progress=progress)
+    click.echo(render(report))
     if json_path:
-        write_text(json_path, json.dumps(doc, indent=2) + "\n")
+        write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
         click.echo(f"wrote {json_path}")
     if plot_path:
-        write_plot(doc, plot_path)
+        write_plot(report, plot_path)
         click.echo(f"wrote {plot_path}")

@@ -1,20 +1,9 @@
-"""Engines: one small class per way of running the model, found through a registry.
+"""Engines: one small class per way of running the model.
 
 An engine names the file it runs (beside ``--model``), says why it cannot run without
 importing anything heavy, and opens an Instance on a provider. The Instance turns an input
 batch into Cases: named callables, each timed exactly as it is (one call = one run).
-
-Add an engine from your own code::
-
-    from toolkit.bench.base import Engine, register
-
-    @register
-    class MyEngine(Engine):
-        name = "my-engine"
-        ...
-
-or from an installed package, with an entry point in the group ``toolkit.bench_engines``
-pointing at the class; ``toolkit bench --engines my-engine`` then finds it.
+``run_bench`` takes the engines as a plain name -> class mapping; the CLI assembles it.
 """
 
 from __future__ import annotations
@@ -28,11 +17,6 @@ from typing import Callable
 import numpy as np
 
 from ..errors import EXIT_UNAVAILABLE, ToolkitError
-
-ENTRY_POINT_GROUP = "toolkit.bench_engines"
-_REGISTRY: dict[str, type["Engine"]] = {}
-_loaded = False
-plugin_errors: list[str] = []  # plug-ins that failed to load; reported, not fatal
 
 
 class EngineUnavailable(ToolkitError):
@@ -63,7 +47,7 @@ class Instance:
     providers_used: list[str]
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    precision: str | None = None  # what the file says it is, when it says; else the engine's own label
+    precision: str | None = None  # what the file's contract says, when it says; else the engine's own label
 
     def cases(self, x: np.ndarray) -> list[Case]:
         raise NotImplementedError
@@ -86,8 +70,7 @@ class Engine:
         self.model = Path(model)
 
     def artifact(self) -> Path:
-        stem = self.model.name[: -len(self.model.suffix)] if self.model.suffix else self.model.name
-        return self.model.with_name(stem + self.suffix)
+        return self.model.with_name(self.model.stem + self.suffix)
 
     def missing(self) -> str | None:
         """Why this engine cannot run here at all, judged without heavy imports; None if it may run."""
@@ -103,26 +86,3 @@ class Engine:
 
     def open(self, provider: str, threads: int, options: dict) -> Instance:
         raise NotImplementedError
-
-
-def register(cls: type[Engine]) -> type[Engine]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a name")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def engines() -> dict[str, type[Engine]]:
-    """Every registered engine, built-ins first; plug-ins are loaded on first use."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import ort_engines, torch_engines  # noqa: F401  (registration happens on import)
-        from importlib import metadata
-
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                register(ep.load())
-            except Exception as e:  # one broken plug-in must not stop the built-in engines
-                plugin_errors.append(f"engine plug-in {ep.name} ({ep.value}) failed to load: {type(e).__name__}: {e}")
-    return dict(_REGISTRY)

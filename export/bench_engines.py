@@ -1,0 +1,147 @@
+"""The torch side of `toolkit bench`: TorchScript (<stem>.pt) and eager (<stem>.pth) engines, and the CUDA matmul peak.
+
+torch is imported inside functions only, when one of these engines is opened (or CUDA is
+probed): importing this module, and a run with only ONNX files present, never loads it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from toolkit.bench.engine import Case, Engine, EngineUnavailable, Instance
+from toolkit.bench.peak import SHAPES, Peak, peak_of, shape_rate
+from toolkit.errors import ProviderUnavailable
+
+
+def import_torch():
+    try:
+        import torch
+    except Exception as e:  # a broken install raises more than ImportError
+        raise EngineUnavailable(f"torch cannot be imported ({type(e).__name__}: {e})") from None
+    return torch
+
+
+def _cuda_problem(torch) -> str | None:
+    if torch.cuda.is_available():
+        return None
+    built = torch.version.cuda
+    return (f"torch {torch.__version__} cannot use CUDA here"
+            + (f" (built for CUDA {built}; no usable device or driver)" if built else " (a CPU-only build)"))
+
+
+class TorchInstance(Instance):
+    def __init__(self, torch, module, device: str, config: dict):
+        used = [f"cuda:0 ({torch.cuda.get_device_name(0)})"] if device == "cuda" else ["cpu"]
+        super().__init__(providers_used=used, config=config)
+        self.torch = torch
+        self.module = module
+        self.device = device
+
+    def context(self):
+        return self.torch.inference_mode()
+
+    def cases(self, x: np.ndarray) -> list[Case]:
+        torch, module = self.torch, self.module
+        if self.device == "cpu":
+            # from_numpy and .numpy() share memory: the same host-array contract as ORT's run().
+            return [Case("e2e", lambda: module(torch.from_numpy(x)).numpy())]
+
+        sync = torch.cuda.synchronize
+        with torch.inference_mode():
+            x_dev = torch.from_numpy(x).to("cuda")
+            y_dev = module(x_dev)
+        sync()
+
+        # CUDA kernels are asynchronous: every run ends with a synchronize so the
+        # clock stops when the work is done, not when it was queued.
+        def device():
+            module(x_dev)
+            sync()
+
+        def h2d():
+            torch.from_numpy(x).to("cuda")
+            sync()
+
+        return [Case("device", device),
+                Case("e2e", lambda: module(torch.from_numpy(x).to("cuda")).cpu().numpy()),  # .cpu() waits
+                Case("h2d", h2d, x.nbytes),
+                Case("d2h", lambda: y_dev.cpu(), y_dev.numel() * y_dev.element_size())]
+
+    def close(self) -> None:
+        self.module = None
+
+
+class _TorchEngine(Engine):
+    def prepare(self) -> None:
+        import_torch()
+
+    def missing(self) -> str | None:
+        problem = super().missing()
+        if problem:
+            return problem
+        return "torch is not installed" if importlib.util.find_spec("torch") is None else None
+
+    def cuda_problem(self, threads: int) -> str | None:
+        try:
+            return _cuda_problem(import_torch())
+        except EngineUnavailable as e:
+            return str(e)
+
+    def open(self, provider: str, threads: int, options: dict) -> Instance:
+        torch = import_torch()
+        if provider == "cuda" and not torch.cuda.is_available():
+            raise ProviderUnavailable(_cuda_problem(torch))
+        torch.set_num_threads(threads)
+        module = self.load().to(provider)
+        return TorchInstance(torch, module, provider, {"torch_threads": torch.get_num_threads(), "inference_mode": True})
+
+    def load(self):
+        raise NotImplementedError
+
+
+class TorchScriptEngine(_TorchEngine):
+    name = "torchscript"
+    description = "TorchScript module written by export (<stem>.pt)"
+    suffix = ".pt"
+
+    def load(self):
+        from .torchscript_export import load_torchscript
+
+        return load_torchscript(self.artifact())[0]  # a ModelError names an unreadable file
+
+
+class EagerEngine(_TorchEngine):
+    name = "eager"
+    description = "eager PyTorch, rebuilt from the checkpoint (<stem>.pth)"
+    suffix = ".pth"
+
+    def load(self):
+        from toolkit.train.checkpoint import build_model, load_checkpoint
+
+        return build_model(load_checkpoint(self.artifact()))
+
+
+TORCH_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (TorchScriptEngine, EagerEngine)}
+
+
+def cuda_peak(threads: int) -> Peak:
+    """A torch float32 matmul on the GPU, TF32 off; ``threads`` is unused (the GPU sets its own pace)."""
+    torch = import_torch()
+    problem = _cuda_problem(torch)
+    if problem:
+        raise ProviderUnavailable(problem)
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would not be a float32 rate
+    rows = []
+    for shape in SHAPES:
+        m, k, n = (s * 4 for s in shape)  # a GPU needs bigger matrices to reach its rate
+        a, b = torch.randn(m, k, device="cuda"), torch.randn(k, n, device="cuda")
+
+        def matmul():
+            a @ b
+            torch.cuda.synchronize()
+
+        rows.append(shape_rate((m, k, n), matmul))
+    return peak_of("cuda", rows, library=f"torch {torch.__version__} (CUDA {torch.version.cuda}, TF32 off)",
+                   gpu=torch.cuda.get_device_name(0))

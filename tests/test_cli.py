@@ -55,12 +55,24 @@ def test_exit_codes_help_refuses_a_code_outside_the_table():
         exit_codes_help({6: "a code nobody documented"})
 
 
+def _markdown_exit_codes(path) -> list[tuple[int, str]]:
+    """The rows of the table under a file's "## Exit codes" heading."""
+    section = path.read_text(encoding="utf-8").split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|", 1) for line in section.splitlines() if re.match(r"\|\s*\d+\s*\|", line)]
+    return [(int(code), meaning.strip(" |")) for code, meaning in rows]
+
+
 def test_readme_exit_code_table_is_the_table():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line.strip("|").split("|") for line in section.splitlines() if re.match(r"\|\s*\d+\s*\|", line)]
     # README may set names in `code` style; the words themselves must be the table's.
-    assert [(int(code), meaning.strip().replace("`", "")) for code, meaning in rows] == list(EXIT_CODES)
+    rows = [(code, meaning.replace("`", "")) for code, meaning in _markdown_exit_codes(ROOT / "README.md")]
+    assert rows == list(EXIT_CODES)
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")
+                                        if "\n## Exit codes\n" in p.read_text(encoding="utf-8")))
+def test_command_pages_use_only_the_tables_codes(page):
+    codes = [code for code, _ in _markdown_exit_codes(ROOT / "docs" / page)]
+    assert codes and set(codes) <= dict(EXIT_CODES).keys(), codes
 
 
 @pytest.mark.parametrize("args", [["--help"]] + [[c, "--help"] for c in COMMANDS])

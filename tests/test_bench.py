@@ -357,3 +357,16 @@ def test_int8_label_comes_from_the_contract(tiny_onnx, tiny_run):
     quantize_int8(tiny_onnx, int8, contract, file_sha256(tiny_onnx))
     report = run_bench(settings, ORT_ENGINES)
     assert report.results[0].precision == report.engines[0].precision == "int8" and report.engines[0].notes == []
+
+
+def test_cuda_peak_without_cuda_is_an_error_entry_not_a_crash():
+    import torch
+
+    from toolkit.bench.runner import _peak
+    from toolkit.export.bench_engines import cuda_peak
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA works here; this is the refusal path")
+    peak = _peak("cuda", 1, cuda_peak)
+    assert peak.device == "cuda" and peak.gflops_median is None and "cannot use CUDA here" in peak.error
+    assert "no matmul measurement for cuda" in _peak("cuda", 1, None).error  # an edge install has no torch side

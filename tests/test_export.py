@@ -107,7 +107,7 @@ def test_seed_style_state_dict_exports(seed_state_dict, tiny_run):
     assert report["checkpoint_kind"] == "state_dict (seed format)"
     assert report["formats"]["onnx"]["passed"]
     # same weights as the tiny toolkit checkpoint, so the same accuracy
-    assert report["eager"]["test_accuracy"] == pytest.approx(tiny_run[1]["test_accuracy"], abs=5e-4)
+    assert report["eager"]["test_accuracy"] == pytest.approx(tiny_run[1].test_accuracy, abs=5e-4)
     assert not (seed_state_dict.parent / "seed_model.pt").exists()
 
 

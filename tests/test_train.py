@@ -22,7 +22,7 @@ def test_seed_recipe_is_the_notebooks():
 def test_tiny_training_learns(tiny_run):
     _, summary = tiny_run
     # chance is 10%; one epoch on 10k images reaches ~90%
-    assert summary["test_accuracy"] > 0.80
+    assert summary.test_accuracy > 0.80
 
 
 def test_outputs_written(tiny_run):
@@ -51,7 +51,7 @@ def test_checkpoint_round_trip_weights_only(tiny_run, mnist):
 
     with torch.inference_mode():
         pred = model(torch.from_numpy(MNIST.normalize(mnist.test_images))).argmax(1).numpy()
-    assert abs((pred == mnist.test_labels).mean() - summary["test_accuracy"]) < 1e-6
+    assert abs((pred == mnist.test_labels).mean() - summary.test_accuracy) < 1e-6
 
 
 def test_seed_state_dict_loads_unchanged(tiny_run, tmp_path, seed_model_class):
@@ -74,11 +74,11 @@ def test_same_seed_same_weights(tmp_path):
     b = train_to_files(out=tmp_path / "b.pth", epochs=1, train_subset=2000, seed=7, device="cpu", progress=False)
     sa, sb = load_checkpoint(tmp_path / "a.pth").state_dict, load_checkpoint(tmp_path / "b.pth").state_dict
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert a["test_accuracy"] == b["test_accuracy"]
+    assert a.test_accuracy == b.test_accuracy
     c = train_to_files(out=tmp_path / "c.pth", epochs=1, train_subset=2000, seed=8, device="cpu", progress=False)
     sc = load_checkpoint(tmp_path / "c.pth").state_dict
     assert not torch.equal(sa["model.1.weight"], sc["model.1.weight"])
-    assert c["files"]
+    assert c.files
 
 
 def test_existing_output_is_refused_before_training(tiny_ckpt):

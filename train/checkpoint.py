@@ -86,12 +86,9 @@ def _looks_like_onnx(path: Path, head: bytes) -> bool:
         return False
     try:
         import onnx
-    except ImportError:
-        # without onnx: ir_version is small and field 2/3/... (producer, graph) follows
-        return len(head) > 2 and head[1] < 0x20 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A, 0x42)
-    try:
+
         return len(onnx.load_model_from_string(path.read_bytes()).graph.node) > 0
-    except Exception:  # not protobuf at all: then it is not ONNX either
+    except Exception:  # not protobuf at all (or no onnx package to tell): then it is not ONNX
         return False
 
 

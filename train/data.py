@@ -100,11 +100,6 @@ def _read_verified(path: Path) -> bytes:
     return data
 
 
-def verify_raw(root: str | os.PathLike) -> None:
-    for name in RAW_FILES:
-        _read_verified(raw_dir(root) / name)
-
-
 def load_mnist(root: str | os.PathLike | None = None, *, fetch: bool = True, quiet: bool = False) -> Mnist:
     """Return MNIST as uint8 arrays, fetching and converting it first if needed."""
     root = Path(root) if root is not None else default_data_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.atomic import atomic_path, check_writable, prepare_folder, removed_on_failure, write_text
@@ -13,19 +14,23 @@ from .data import load_mnist
 from .recipes import RECIPES
 
 
+@dataclass
+class TrainSummary:
+    test_accuracy: float
+    epochs: int
+    train_seconds: float
+    device: str
+    files: list[str]
+
+
 def output_paths(out: str | Path) -> dict[str, Path]:
     out = Path(out)
-    stem = out.with_suffix("")
-    return {
-        "checkpoint": out,
-        "metrics": Path(f"{stem}.metrics.json"),
-        "samples": Path(f"{stem}.samples.png"),
-        "confusion": Path(f"{stem}.confusion.png"),
-    }
+    return {"checkpoint": out, "metrics": out.with_suffix(".metrics.json"),
+            "samples": out.with_suffix(".samples.png"), "confusion": out.with_suffix(".confusion.png")}
 
 
 def train_to_files(*, out, recipe_name="seed", epochs=None, batch_size=None, lr=None, seed=0, device="auto",
-                   data_dir=None, train_subset=None, progress=True, force=False) -> dict:
+                   data_dir=None, train_subset=None, progress=True, force=False) -> TrainSummary:
     import torch  # noqa: F401  (an install without the train extra fails here, before touching any file)
 
     paths = output_paths(out)
@@ -36,7 +41,8 @@ def train_to_files(*, out, recipe_name="seed", epochs=None, batch_size=None, lr=
         return _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_dir, train_subset, progress)
 
 
-def _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_dir, train_subset, progress) -> dict:
+def _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_dir, train_subset,
+                progress) -> TrainSummary:
     import torch
 
     from .trainer import resolve_device, train
@@ -75,5 +81,5 @@ def _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_d
     with atomic_path(paths["confusion"]) as tmp:
         figures.confusion_png(tmp, cm, DEFAULT_CLASSES,
                               title=f"Confusion matrix (test accuracy {final['test_accuracy'] * 100:.2f}%)")
-    return {"test_accuracy": final["test_accuracy"], "epochs": recipe.epochs, "train_seconds": result.seconds,
-            "device": device, "files": [str(p) for p in paths.values()]}
+    return TrainSummary(test_accuracy=final["test_accuracy"], epochs=recipe.epochs, train_seconds=result.seconds,
+                        device=device, files=[str(p) for p in paths.values()])

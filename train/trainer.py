@@ -23,7 +23,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     test_predictions: np.ndarray | None = None
     seconds: float = 0.0
-    device: str = "cpu"
 
 
 def resolve_device(device: str) -> str:
@@ -84,13 +83,8 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, test_images: n
     ty = torch.from_numpy(test_labels).to(dev)
 
     model = SimpleNN(MLPConfig()).to(dev)
-    params = model.parameters()
-    if recipe.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    elif recipe.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
+    opt = optimizer(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = (len(x) + recipe.batch_size - 1) // recipe.batch_size
     sched = None
     if recipe.schedule == "onecycle":
@@ -98,7 +92,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, test_images: n
                                                     steps_per_epoch=steps_per_epoch)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
-    result = TrainResult(model=model, device=device)
+    result = TrainResult(model=model)
     start = time.perf_counter()
     for epoch in range(1, recipe.epochs + 1):
         model.train()

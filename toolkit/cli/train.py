@@ -30,7 +30,7 @@ def command(recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_s
     summary = train_to_files(out=out, recipe_name=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
                              seed=seed, device=device, data_dir=data_dir, train_subset=train_subset,
                              progress=progress, force=force)
-    click.echo(f"test accuracy {summary['test_accuracy'] * 100:.2f}% after {summary['epochs']} epochs "
-               f"in {summary['train_seconds']:.1f} s on {summary['device']}")
-    for path in summary["files"]:
+    click.echo(f"test accuracy {summary.test_accuracy * 100:.2f}% after {summary.epochs} epochs "
+               f"in {summary.train_seconds:.1f} s on {summary.device}")
+    for path in summary.files:
         click.echo(f"wrote {path}")

@@ -13,7 +13,6 @@ instead, because its logits are meant to differ.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,6 +21,8 @@ import numpy as np
 
 from toolkit.errors import ModelError
 from toolkit.preprocess import PreprocessSpec
+
+from .torchscript_export import first_line, load_torchscript
 
 RANDOM_BATCHES = (1, 2, 7, 64)
 RANDOM_SEED = 0
@@ -45,39 +46,31 @@ class Reference:
 
 
 def make_reference(model, test_images: np.ndarray, test_labels: np.ndarray, spec: PreprocessSpec) -> Reference:
-    import torch
-
     test_x = spec.normalize(test_images)
     rng = np.random.default_rng(RANDOM_SEED)
     # Random pixels rather than Gaussian noise: inputs stay in the range real images produce.
     random_x = {b: spec.normalize(rng.integers(0, 256, (b, spec.height, spec.width), dtype=np.uint8))
                 for b in RANDOM_BATCHES}
-    model.eval()
-    with torch.inference_mode():
-        def run(x):
-            return model(torch.from_numpy(x)).numpy().copy()
-
-        return Reference(test_x=test_x, test_y=np.asarray(test_labels), test_logits=run(test_x),
-                         random_x=random_x, random_logits={b: run(x) for b, x in random_x.items()})
+    run = torch_runner(model.eval())
+    return Reference(test_x=test_x, test_y=np.asarray(test_labels), test_logits=run(test_x),
+                     random_x=random_x, random_logits={b: run(x) for b, x in random_x.items()})
 
 
 # ---------------------------------------------------------------- loading written files
 
-def torchscript_runner(path: str | os.PathLike) -> Runner:
+def torch_runner(module) -> Runner:
+    """An eager or TorchScript module as numpy in, numpy out."""
     import torch
-
-    from .torchscript_export import load_torchscript
-
-    try:
-        module, _ = load_torchscript(path)
-    except Exception as e:  # torch.jit.load raises RuntimeError/ValueError/zip errors for bad files
-        raise ModelError(path, f"torch.jit.load cannot load it ({_first_line(e)})") from None
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return module(torch.from_numpy(x)).numpy().copy()
 
     return run
+
+
+def torchscript_runner(path: str | os.PathLike) -> Runner:
+    return torch_runner(load_torchscript(path)[0])
 
 
 def onnx_runner(path: str | os.PathLike) -> Runner:
@@ -96,11 +89,6 @@ def onnx_runner(path: str | os.PathLike) -> Runner:
 RUNNERS = {"torchscript": torchscript_runner, "onnx": onnx_runner, "onnx-int8": onnx_runner}
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
-
-
 # ---------------------------------------------------------------- comparing
 
 @dataclass
@@ -117,18 +105,6 @@ class Comparison:
     test_accuracy: float = 0.0
     random_max_abs_diff: dict[int, float] = field(default_factory=dict)
     error: str | None = None  # the file did not load or run, or returned the wrong shape
-
-    def to_dict(self) -> dict:
-        d = {k: _json_number(v) for k, v in self.__dict__.items() if k != "random_max_abs_diff"}
-        d["random_max_abs_diff"] = {str(b): _json_number(v) for b, v in self.random_max_abs_diff.items()}
-        return d
-
-
-def _json_number(v):
-    """JSON has no inf/nan; a non-finite difference is reported as the string numpy would print."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
 
 
 def _diff(out: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> tuple[float, float, int]:
@@ -153,7 +129,7 @@ def compare(fmt: str, run: Runner, ref: Reference, atol: float, rtol: float) -> 
         try:
             out = np.asarray(run(x))
         except Exception as e:  # a file that loads but cannot run this batch is a failed export
-            c.error = f"running it on {name} (shape {list(x.shape)}) failed: {_first_line(e)}"
+            c.error = f"running it on {name} (shape {list(x.shape)}) failed: {first_line(e)}"
             return c
         if out.shape != expected.shape:
             c.error = f"on {name} it returned shape {list(out.shape)}, expected {list(expected.shape)}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -27,6 +26,7 @@ from toolkit.train.checkpoint import versions
 from . import parity
 from .defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
 from .onnx_export import EXPORTER as ONNX_EXPORTER, contract_for, export_onnx
+from .report import ExportReport, FormatResult, Inputs, Int8Result, Tolerances
 from .torchscript_export import EXPORTER as TS_EXPORTER, export_torchscript
 
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "report": ".export.json"}
@@ -35,9 +35,8 @@ SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "r
 def output_paths(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None, formats, int8: bool) -> dict:
     checkpoint = Path(checkpoint)
     folder = Path(out_dir) if out_dir is not None else checkpoint.parent
-    stem = checkpoint.name[: -len(checkpoint.suffix)] if checkpoint.suffix else checkpoint.name
     kinds = [f for f in FORMATS if f in formats] + (["onnx-int8"] if int8 else []) + ["report"]
-    return {k: folder / f"{stem}{SUFFIXES[k]}" for k in kinds}
+    return {k: folder / f"{checkpoint.stem}{SUFFIXES[k]}" for k in kinds}
 
 
 def _versions() -> dict:
@@ -51,11 +50,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
                       formats=FORMATS, opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
                       rtol: float = DEFAULT_RTOL, int8: bool = False,
                       int8_max_drop: float = DEFAULT_INT8_MAX_DROP, force: bool = False, data_dir=None,
-                      latency_runs: int = 2000) -> dict:
-    """Export, validate and (only if every gate passes) publish. Returns the report dict.
+                      latency_runs: int = 2000) -> ExportReport:
+    """Export, validate and (only if every gate passes) publish. Returns the report, also written as JSON.
 
     Raises CheckpointError/OutputError (exit 1) before any work, ValidationFailed (exit 4)
-    with ``.report`` attached when a gate fails.
+    carrying the report when a gate fails.
     """
     from toolkit.train.checkpoint import build_model, load_checkpoint
     from toolkit.train.data import load_mnist
@@ -92,34 +91,27 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
                 run.onnx(opset)
             if int8:
                 run.int8(int8_max_drop, latency_runs)
-            report = {
-                "checkpoint": str(checkpoint), "checkpoint_sha256": loaded.sha256,
-                "checkpoint_kind": "toolkit checkpoint" if loaded.kind == "toolkit" else "state_dict (seed format)",
-                "architecture": loaded.config.describe(),
-                "tolerances": {"atol": atol, "rtol": rtol, "rule": "|out - ref| <= atol + rtol * |ref| for every logit",
-                               "int8_max_accuracy_drop_points": int8_max_drop if int8 else None},
-                "inputs": {"test_images": int(len(ref.test_y)), "random_batches": list(parity.RANDOM_BATCHES)},
-                "eager": {"test_accuracy": ref.accuracy},
-                "formats": run.results,
-                "passed": not run.problems,
-                "problems": run.problems,
-                "timings": run.timings,
-                "versions": _versions(),
-                "machine": {**cpu_info(), "platform": platform.platform()},
-                "notes": [],
-            }
+            report = ExportReport(
+                checkpoint=str(checkpoint), checkpoint_sha256=loaded.sha256,
+                checkpoint_kind="toolkit checkpoint" if loaded.kind == "toolkit" else "state_dict (seed format)",
+                architecture=loaded.config.describe(),
+                tolerances=Tolerances(atol, rtol, int8_max_drop if int8 else None),
+                inputs=Inputs(test_images=int(len(ref.test_y)), random_batches=list(parity.RANDOM_BATCHES)),
+                eager={"test_accuracy": ref.accuracy}, formats=run.results, passed=not run.problems,
+                problems=run.problems, timings=run.timings, versions=_versions(),
+                machine={**cpu_info(), "platform": platform.platform()},
+            )
             if run.problems:
                 more = len(run.problems) - 1
-                err = ValidationFailed(run.problems[0] + (f" (and {more} more)" if more else "") + "; nothing was written")
-                err.report = report
-                raise err
+                raise ValidationFailed(run.problems[0] + (f" (and {more} more)" if more else "")
+                                       + "; nothing was written", report=report)
         stale = output_paths(checkpoint, out_dir, formats, True)["onnx-int8"]
         if not int8 and stale.exists():
             # Not ours to delete, but a file from another checkpoint must not pass unnoticed.
-            report["notes"].append(f"{stale} is from an earlier export and was left as it is (no --int8 this time)")
-        report["timings"]["total_s"] = time.perf_counter() - started
-        report["report_file"] = str(paths["report"])
-        write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+            report.notes.append(f"{stale} is from an earlier export and was left as it is (no --int8 this time)")
+        report.timings["total_s"] = time.perf_counter() - started
+        report.report_file = str(paths["report"])
+        write_text(paths["report"], report.to_json())
         return report
 
 
@@ -129,17 +121,17 @@ class _Run:
     def __init__(self, loaded, model, paths, tmp, ref, atol, rtol):
         self.loaded, self.model, self.paths, self.tmp, self.ref = loaded, model, paths, tmp, ref
         self.atol, self.rtol = atol, rtol
-        self.results: dict[str, dict] = {}
+        self.results: dict[str, FormatResult] = {}
         self.problems: list[str] = []
         self.timings: dict[str, float] = {}
         self.onnx_contract = None
 
-    def record(self, kind: str, c: parity.Comparison, problem: str | None, **extra) -> None:
-        tmp = self.tmp[kind]
-        self.results[kind] = {"file": str(self.paths[kind]), "size_bytes": tmp.stat().st_size,
-                              "sha256": file_sha256(tmp), **c.to_dict(), **extra, "passed": problem is None}
+    def record(self, result_type, c: parity.Comparison, problem: str | None, **extra) -> None:
+        tmp = self.tmp[c.format]
+        self.results[c.format] = result_type(**vars(c), file=str(self.paths[c.format]), size_bytes=tmp.stat().st_size,
+                                             sha256=file_sha256(tmp), passed=problem is None, **extra)
         if problem:
-            self.problems.append(f"{self.paths[kind]}: {problem}")
+            self.problems.append(f"{self.paths[c.format]}: {problem}")
 
     def torchscript(self) -> None:
         t = time.perf_counter()
@@ -148,7 +140,7 @@ class _Run:
         export_torchscript(self.model, self.tmp["torchscript"], contract)
         self.timings["torchscript_export_s"] = time.perf_counter() - t
         c = parity.validate_file("torchscript", self.tmp["torchscript"], self.ref, self.atol, self.rtol)
-        self.record("torchscript", c, parity.parity_problem(c, self.atol, self.rtol), exporter=TS_EXPORTER)
+        self.record(FormatResult, c, parity.parity_problem(c, self.atol, self.rtol), exporter=TS_EXPORTER)
 
     def onnx(self, opset: int) -> None:
         t = time.perf_counter()
@@ -156,30 +148,28 @@ class _Run:
         export_onnx(self.model, self.tmp["onnx"], self.onnx_contract, opset)
         self.timings["onnx_export_s"] = time.perf_counter() - t
         c = parity.validate_file("onnx", self.tmp["onnx"], self.ref, self.atol, self.rtol)
-        self.record("onnx", c, parity.parity_problem(c, self.atol, self.rtol), exporter=ONNX_EXPORTER, opset=opset)
+        self.record(FormatResult, c, parity.parity_problem(c, self.atol, self.rtol), exporter=ONNX_EXPORTER,
+                    opset=opset)
 
     def int8(self, max_drop: float, latency_runs: int) -> None:
         from .quantize import METHOD, batch1_latency_us, latency_verdict, quantize_int8
 
-        src, dst = self.tmp["onnx"], self.tmp["onnx-int8"]
-        if not self.results["onnx"]["passed"]:
-            self.results["onnx-int8"] = {"file": str(self.paths["onnx-int8"]), "passed": False,
-                                         "skipped": "the float32 ONNX export it is made from failed its gate"}
+        src, dst, f32 = self.tmp["onnx"], self.tmp["onnx-int8"], self.results["onnx"]
+        if not f32.passed:
+            self.results["onnx-int8"] = Int8Result(format="onnx-int8", file=str(self.paths["onnx-int8"]),
+                                                   skipped="the float32 ONNX export it is made from failed its gate")
             return
         t = time.perf_counter()
-        quantize_int8(src, dst, self.onnx_contract, self.results["onnx"]["sha256"])
+        quantize_int8(src, dst, self.onnx_contract, f32.sha256)
         self.timings["int8_quantize_s"] = time.perf_counter() - t
         c = parity.validate_file("onnx-int8", dst, self.ref, self.atol, self.rtol)
-        float_acc = self.results["onnx"]["test_accuracy"]
-        extra = {"method": METHOD, "judged_on": "test accuracy vs float32 ONNX; logit tolerances do not apply",
-                 "accuracy_change_points": round((c.test_accuracy - float_acc) * 100, 4),
-                 "outside_tolerance": None,
+        extra = {"method": METHOD, "accuracy_change_points": round((c.test_accuracy - f32.test_accuracy) * 100, 4),
                  "size_vs_float32": dst.stat().st_size / src.stat().st_size}
         if c.error is None:
             t = time.perf_counter()
             lat = batch1_latency_us({"float32": src, "int8": dst}, self.ref.random_x[1], runs=latency_runs)
             self.timings["latency_s"] = time.perf_counter() - t
-            extra.update(latency_batch1=lat,
-                         faster_than_float32=lat["int8"]["median_us"] < lat["float32"]["median_us"],
-                         latency_verdict=latency_verdict(lat["int8"]["median_us"], lat["float32"]["median_us"]))
-        self.record("onnx-int8", c, parity.int8_problem(c, float_acc, max_drop), **extra)
+            int8_us, float_us = lat["int8"]["median_us"], lat["float32"]["median_us"]
+            extra.update(latency_batch1=lat, faster_than_float32=int8_us < float_us,
+                         latency_verdict=latency_verdict(int8_us, float_us))
+        self.record(Int8Result, c, parity.int8_problem(c, f32.test_accuracy, max_drop), **extra)

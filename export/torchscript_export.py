@@ -12,6 +12,7 @@ import json
 import os
 
 from toolkit.contract import ModelContract
+from toolkit.errors import ModelError
 
 EXTRA_FILE = "toolkit_contract.json"
 EXPORTER = "torch.jit.script"
@@ -33,15 +34,23 @@ def export_torchscript(model, path: str | os.PathLike, contract: ModelContract) 
 
 
 def load_torchscript(path: str | os.PathLike):
-    """Return (module, contract metadata dict or None). Raises the loader's own exceptions."""
+    """Return (module in eval mode on the CPU, contract metadata dict or None); ModelError if it will not load."""
     import warnings
 
     import torch
 
     extra = {EXTRA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as e:  # torch.jit.load raises RuntimeError/ValueError/zip errors, with C++ backtraces
+        raise ModelError(path, f"torch.jit.load cannot load it ({first_line(e)})") from None
     raw = extra[EXTRA_FILE]
-    meta = json.loads(raw) if raw else None
-    return module.eval(), meta
+    return module.eval(), (json.loads(raw) if raw else None)
+
+
+def first_line(e: Exception) -> str:
+    """An exception's first line, at most 200 characters: enough to name the problem in one line."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]

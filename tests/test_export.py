@@ -116,22 +116,22 @@ def test_int8_variant_is_judged_and_measured(tiny_export):
 
     from toolkit.runtime import Predictor
 
-    r = tiny_export["formats"]["onnx-int8"]
-    f32 = tiny_export["formats"]["onnx"]
-    path = Path(r["file"])
+    r = tiny_export.formats["onnx-int8"]
+    f32 = tiny_export.formats["onnx"]
+    path = Path(r.file)
     assert path.name == "model.int8.onnx" and path.exists()
-    assert r["passed"] and r["accuracy_change_points"] >= -tiny_export["tolerances"]["int8_max_accuracy_drop_points"]
-    assert r["accuracy_change_points"] == pytest.approx((r["test_accuracy"] - f32["test_accuracy"]) * 100)
-    assert 0.5 < r["top1_agreement"] <= 1.0
+    assert r.passed and r.accuracy_change_points >= -tiny_export.tolerances.int8_max_accuracy_drop_points
+    assert r.accuracy_change_points == pytest.approx((r.test_accuracy - f32.test_accuracy) * 100)
+    assert 0.5 < r.top1_agreement <= 1.0
     # int8 weights: a quarter of the float32 bytes plus scales and graph
-    assert r["size_bytes"] < 0.5 * f32["size_bytes"]
-    lat = r["latency_batch1"]
+    assert r.size_bytes < 0.5 * f32.size_bytes
+    lat = r.latency_batch1
     assert lat["int8"]["median_us"] > 0 and lat["float32"]["median_us"] > 0
-    assert r["faster_than_float32"] == (lat["int8"]["median_us"] < lat["float32"]["median_us"])
-    assert ("NOT faster" in r["latency_verdict"]) != r["faster_than_float32"]
+    assert r.faster_than_float32 == (lat["int8"]["median_us"] < lat["float32"]["median_us"])
+    assert ("NOT faster" in r.latency_verdict) != r.faster_than_float32
     onnx.checker.check_model(str(path), full_check=True)
     contract = Predictor.open(path, provider="cpu").contract
-    assert contract.precision == "int8" and contract.extra["float_model_sha256"] == f32["sha256"]
+    assert contract.precision == "int8" and contract.extra["float_model_sha256"] == f32.sha256
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "MatMulInteger" in ops
 

@@ -24,8 +24,8 @@ def inspect(*args):
     return result
 
 
-def _files(report: dict) -> dict[str, Path]:
-    return {fmt: Path(r["file"]) for fmt, r in report["formats"].items()}
+def _files(report) -> dict[str, Path]:
+    return {fmt: Path(r.file) for fmt, r in report.formats.items()}
 
 
 def _expected_counts(ckpt_path):
@@ -83,7 +83,7 @@ def test_inspect_text(tiny_export, fmt, words):
 
 def test_onnx_description_without_the_onnx_package(tiny_export):
     """The edge install has onnxruntime only: same signature and contract, from a session."""
-    from toolkit.inspect_onnx import _with_onnx, _with_onnxruntime
+    from toolkit.inspect import _with_onnx, _with_onnxruntime
 
     path = _files(tiny_export)["onnx"]
     ort_info, onnx_info = _with_onnxruntime(path), _with_onnx(path)
@@ -94,8 +94,8 @@ def test_onnx_description_without_the_onnx_package(tiny_export):
 
 
 def test_inspect_onnx_does_not_import_torch(tiny_export):
-    code = ("import sys, json; from toolkit.inspect import describe; "
-            f"info = describe({str(_files(tiny_export)['onnx'])!r}); "
+    code = ("import sys, json; from toolkit.inspect import describe_onnx; "
+            f"info = describe_onnx({str(_files(tiny_export)['onnx'])!r}); "
             "print(json.dumps({'torch': 'torch' in sys.modules, 'inputs': info['inputs']}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)

@@ -86,3 +86,15 @@ class ModelContract:
             )
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(path, f"toolkit metadata is malformed ({type(e).__name__}: {e})") from None
+
+
+def decode_metadata(props: dict[str, str]) -> dict:
+    """Any file's metadata for display: toolkit keys without their prefix, JSON objects and lists decoded."""
+    out = {}
+    for key, value in sorted(props.items()):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = value
+        out[key.removeprefix(KEY_PREFIX)] = decoded if isinstance(decoded, (dict, list)) else value
+    return out

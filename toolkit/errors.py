@@ -63,9 +63,13 @@ class OutputError(FileProblem):
 
 
 class ValidationFailed(ToolkitError):
-    """An exported artefact does not match the reference beyond tolerance."""
+    """An exported artefact does not match the reference beyond tolerance; ``report`` holds every number."""
 
     exit_code = EXIT_GATE
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
 
 
 class ProviderUnavailable(ToolkitError):

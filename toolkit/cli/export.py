@@ -53,10 +53,10 @@ def command(checkpoint, out_dir, formats, opset, atol, rtol, int8, int8_max_drop
         report = export_checkpoint(checkpoint, out_dir=out_dir, formats=formats, opset=opset, atol=atol, rtol=rtol,
                                    int8=int8, int8_max_drop=int8_max_drop, force=force, data_dir=data_dir)
     except ValidationFailed as e:
-        if getattr(e, "report", None):
+        if e.report is not None:
             click.echo(render_table(e.report), err=True)
         raise
     click.echo(render_table(report))
-    for r in report["formats"].values():
-        click.echo(f"wrote {r['file']}")
-    click.echo(f"wrote {report['report_file']}")
+    for r in report.formats.values():
+        click.echo(f"wrote {r.file}")
+    click.echo(f"wrote {report.report_file}")

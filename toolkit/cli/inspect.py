@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import click
 
@@ -11,7 +12,12 @@ def command(file, as_json) -> None:
 
     For checkpoints the JSON holds the test accuracy at metrics.test_accuracy (a fraction).
     """
-    from toolkit.inspect import describe, render_text
+    from toolkit.inspect import describe_onnx, render_text
 
-    info = describe(file)
+    if Path(file).suffix.lower() == ".onnx":
+        info = describe_onnx(file)
+    else:  # checkpoints and TorchScript need torch: the torch side describes them
+        from toolkit.export.describe import describe
+
+        info = describe(file)
     click.echo(json.dumps(info, indent=2) if as_json else render_text(info))

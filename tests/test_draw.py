@@ -332,3 +332,21 @@ def test_the_pad_never_imports_torch(tiny_onnx, display):
     assert proc.returncode == 0, proc.stderr
     text, torch_loaded = proc.stdout.strip().split("|")
     assert text.startswith("Prediction: ") and torch_loaded == "False"
+
+
+def test_nan_model_says_no_prediction_instead_of_drawing_bars(display, tmp_path, confident_digits):
+    from test_runtime_contracts import linear_onnx
+
+    weight = np.full((784, 10), np.nan, dtype=np.float32)
+    linear_onnx(tmp_path / "nan.onnx", weight=weight)
+    root = open_window()
+    pad = DrawApp(root, Predictor.open(tmp_path / "nan.onnx", "cpu", threads=1))
+    try:
+        root.update()
+        draw_by_handlers(pad, confident_digits[4])
+        pad.predict()
+        assert pad.label.cget("text") == "no prediction: model output is NaN/Inf"
+        assert pad.probabilities is None and pad.predictions == 0
+        assert all(w == 0 and pct == "" for w, pct in shown_bars(pad))
+    finally:
+        pad.quit()

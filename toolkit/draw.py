@@ -19,7 +19,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import DisplayUnavailable
+from .errors import DisplayUnavailable, NonFiniteOutput
 from .preprocess import to_model_pixels
 from .runtime import Predictor
 
@@ -189,7 +189,14 @@ class DrawApp:
             self._show_empty()
             return
         start = time.perf_counter()
-        probs = self.predictor.probabilities(pixels[None])[0]
+        try:
+            probs = self.predictor.probabilities(pixels[None])[0]
+        except NonFiniteOutput:
+            # A NaN "probability" is no prediction: say so on the pad instead of drawing bars from it.
+            self._show_empty()
+            self.label.config(text="no prediction: model output is NaN/Inf")
+            self._show_preview(pixels)
+            return
         elapsed_ms = (time.perf_counter() - start) * 1000
         self.predictions += 1
         self.probabilities = probs

@@ -82,3 +82,11 @@ class DisplayUnavailable(ToolkitError):
     """No display is available for the drawing pad."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class NonFiniteOutput(ModelError):
+    """The model computed NaN or Inf for some inputs: those rows are errors, never predictions."""
+
+    def __init__(self, path: str | os.PathLike, rows: list[int]):
+        self.rows = list(rows)
+        super().__init__(path, f"the model's output is not finite (NaN or Inf) for {len(self.rows)} of the images")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import ModelContract
-from .errors import ModelError, ProviderUnavailable
+from .errors import ModelError, NonFiniteOutput, ProviderUnavailable
 
 PROVIDERS = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
@@ -140,10 +140,20 @@ def read_contract(session, path) -> ModelContract:
     if len(inp.shape) != 4 or got != want or list(contract.input_shape[1:]) != want:
         raise ModelError(path, f"graph input shape {inp.shape} does not match the metadata "
                                f"{contract.input_shape} / preprocessing {['batch', *want]}")
-    names = [o.name for o in session.get_outputs()]
-    if contract.output_name not in names:
-        raise ModelError(path, f"metadata names output {contract.output_name!r}; graph has {names}")
+    outputs = {o.name: o for o in session.get_outputs()}
+    if contract.output_name not in outputs:
+        raise ModelError(path, f"metadata names output {contract.output_name!r}; graph has {list(outputs)}")
+    check_output_width(path, outputs[contract.output_name].shape[-1:], contract.classes)
     return contract
+
+
+def check_output_width(path, width: list, classes: list[str]) -> None:
+    """A class list that does not match the output width would mislabel every prediction.
+
+    ``width`` is the graph's last output dimension ([] or a symbolic name when unknown until run time).
+    """
+    if width and isinstance(width[0], int) and width[0] != len(classes):
+        raise ModelError(path, f"the model has {width[0]} outputs but its contract names {len(classes)} classes")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -173,12 +183,50 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.contract.classes
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the graph was exported with, when it is not dynamic."""
+        first = self.session.get_inputs()[0].shape[0]
+        return first if isinstance(first, int) and first > 0 else None
+
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """Raw outputs for a float32 batch of any size: a fixed-batch graph runs in chunks, the last padded."""
+        fixed = self.fixed_batch
+        if fixed is None or len(x) == fixed:
+            out = self._run(x)
+        else:
+            parts = []
+            for start in range(0, len(x), fixed):
+                chunk = x[start:start + fixed]
+                n = len(chunk)
+                if n < fixed:  # padding rows are zeros; their outputs are dropped below
+                    chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+                parts.append(self._run(chunk)[:n])
+            out = np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), dtype=np.float32)
+        if out.ndim != 2 or out.shape[1] != len(self.classes):
+            raise ModelError(self.path, f"the model returned shape {list(out.shape)}, expected "
+                                        f"[{len(x)}, {len(self.classes)}] for its {len(self.classes)} classes")
+        return out
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.contract.output_name], {self.contract.input_name: x})[0]
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W) already in model format (see preprocess.to_model_pixels)."""
-        return softmax(self.logits(self.contract.preprocess.normalize(pixels)).astype(np.float32))
+        """uint8 (N, H, W) already in model format (see preprocess.to_model_pixels).
+
+        Raises NonFiniteOutput when the model's output for any image is NaN or infinite:
+        such a row is not a prediction, whatever its argmax says.
+        """
+        logits = self.logits(self.contract.preprocess.normalize(pixels))
+        bad = non_finite_rows(logits)
+        if bad:
+            raise NonFiniteOutput(self.path, bad)
+        return softmax(logits.astype(np.float32))
+
+
+def non_finite_rows(logits: np.ndarray) -> list[int]:
+    """Indices of the batch rows whose outputs hold a NaN or an infinity."""
+    return np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist()
 
 
 def session_on(path: str | os.PathLike, provider: str, opts, cuda_options: dict | None = None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import time
@@ -25,7 +26,7 @@ from toolkit.train.checkpoint import versions
 
 from . import parity
 from .defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
-from .onnx_export import EXPORTER as ONNX_EXPORTER, contract_for, export_onnx
+from .onnx_export import contract_for, export_onnx
 from .report import ExportReport, FormatResult, Inputs, Int8Result, Tolerances
 from .torchscript_export import EXPORTER as TS_EXPORTER, export_torchscript
 
@@ -84,11 +85,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
 
         with contextlib.ExitStack() as stack:
             tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items() if k != "report"}
-            run = _Run(loaded, model, paths, tmp, ref, atol, rtol)
+            run = _Run(model, paths, tmp, ref, atol, rtol)
             if "torchscript" in formats:
-                run.torchscript()
+                # Same contract as the ONNX file, minus the ONNX-only fields.
+                run.float_format("torchscript", export_torchscript, dataclasses.replace(
+                    contract_for(loaded, 0, exporter=TS_EXPORTER), onnx_version=""))
             if "onnx" in formats:
-                run.onnx(opset)
+                run.onnx_contract = contract_for(loaded, opset)
+                run.float_format("onnx", functools.partial(export_onnx, opset=opset), run.onnx_contract, opset=opset)
             if int8:
                 run.int8(int8_max_drop, latency_runs)
             report = ExportReport(
@@ -118,9 +122,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
 class _Run:
     """One export's artefacts under their temporary names, and what validating them found."""
 
-    def __init__(self, loaded, model, paths, tmp, ref, atol, rtol):
-        self.loaded, self.model, self.paths, self.tmp, self.ref = loaded, model, paths, tmp, ref
-        self.atol, self.rtol = atol, rtol
+    def __init__(self, model, paths, tmp, ref, atol, rtol):
+        self.model, self.paths, self.tmp, self.ref, self.atol, self.rtol = model, paths, tmp, ref, atol, rtol
         self.results: dict[str, FormatResult] = {}
         self.problems: list[str] = []
         self.timings: dict[str, float] = {}
@@ -133,23 +136,13 @@ class _Run:
         if problem:
             self.problems.append(f"{self.paths[c.format]}: {problem}")
 
-    def torchscript(self) -> None:
+    def float_format(self, kind: str, export, contract, **extra) -> None:
         t = time.perf_counter()
-        # Same contract as the ONNX file, minus the ONNX-only fields.
-        contract = dataclasses.replace(contract_for(self.loaded, 0, exporter=TS_EXPORTER), onnx_version="")
-        export_torchscript(self.model, self.tmp["torchscript"], contract)
-        self.timings["torchscript_export_s"] = time.perf_counter() - t
-        c = parity.validate_file("torchscript", self.tmp["torchscript"], self.ref, self.atol, self.rtol)
-        self.record(FormatResult, c, parity.parity_problem(c, self.atol, self.rtol), exporter=TS_EXPORTER)
-
-    def onnx(self, opset: int) -> None:
-        t = time.perf_counter()
-        self.onnx_contract = contract_for(self.loaded, opset)
-        export_onnx(self.model, self.tmp["onnx"], self.onnx_contract, opset)
-        self.timings["onnx_export_s"] = time.perf_counter() - t
-        c = parity.validate_file("onnx", self.tmp["onnx"], self.ref, self.atol, self.rtol)
-        self.record(FormatResult, c, parity.parity_problem(c, self.atol, self.rtol), exporter=ONNX_EXPORTER,
-                    opset=opset)
+        export(self.model, self.tmp[kind], contract)
+        self.timings[f"{kind}_export_s"] = time.perf_counter() - t
+        c = parity.validate_file(kind, self.tmp[kind], self.ref, self.atol, self.rtol)
+        self.record(FormatResult, c, parity.parity_problem(c, self.atol, self.rtol), exporter=contract.exporter,
+                    **extra)
 
     def int8(self, max_drop: float, latency_runs: int) -> None:
         from .quantize import METHOD, batch1_latency_us, latency_verdict, quantize_int8

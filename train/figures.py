@@ -29,9 +29,8 @@ def sample_grid(path, images: np.ndarray, labels: np.ndarray, classes: list[str]
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    cm = np.zeros((n, n), dtype=np.int64)
-    np.add.at(cm, (np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
-    return cm
+    """Counts of (true, predicted) label pairs: rows true, columns predicted."""
+    return np.bincount(np.asarray(true, np.int64) * n + np.asarray(pred, np.int64), minlength=n * n).reshape(n, n)
 
 
 def confusion_png(path, cm: np.ndarray, classes: list[str], title: str = "Confusion matrix") -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -17,9 +17,6 @@ class Recipe:
     label_smoothing: float = 0.0
     max_shift: int = 0  # random translation of training images, in pixels
     description: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def with_overrides(self, **kw) -> "Recipe":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from toolkit.atomic import atomic_path, check_writable, prepare_folder, removed_on_failure, write_text
@@ -72,7 +72,7 @@ def _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_d
         "seed": seed,
         "history": result.history,
     }
-    recipe_dict = recipe.to_dict()
+    recipe_dict = asdict(recipe)
     save_checkpoint(paths["checkpoint"], model=result.model, recipe=recipe_dict, metrics=metrics)
     write_text(paths["metrics"], json.dumps({"recipe": recipe_dict, "metrics": metrics,
                                              "confusion_matrix": cm.tolist()}, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Decoding (toolkit.images) and the MNIST-style normalisation (toolkit.preprocess) on real files."""
+"""Decoding (toolkit.predict.decode) and the MNIST-style normalisation (toolkit.preprocess) on real files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from toolkit.errors import ImageError
-from toolkit.images import _png_gray8, decode_gray, read_gray
+from toolkit.predict.decode import _plain_gray_png, decode_gray, read_gray
 from toolkit.preprocess import MNIST, is_mnist_formatted, to_model_pixels
 
 
@@ -40,14 +40,15 @@ def digit(mnist):
     return mnist.test_images[0]
 
 
-# ---------------------------------------------------------------- PNG fast path
+# ---------------------------------------------------------------- PNG fast path (pyspng)
 
 def test_fast_path_gives_pillows_pixels_on_mnist_pngs(digits):
     for a in digits:
         data = encode(Image.fromarray(a), "PNG")
-        fast = _png_gray8(data)
+        fast = _plain_gray_png(data)
         assert fast is not None, "an 8-bit gray PNG must take the fast path"
         assert np.array_equal(fast, pillow_gray(data))
+        assert np.array_equal(decode_gray(data), a)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 600), (333, 17), (64, 64), (1000, 3)])
@@ -58,18 +59,21 @@ def test_fast_path_matches_pillow_on_odd_sizes_and_settings(size, options):
     h, w = size[1], size[0]
     a = (np.add.outer(np.arange(h), np.arange(w)) * 3 + rng.integers(0, 40, (h, w))).astype(np.uint8)
     data = encode(Image.fromarray(a), "PNG", **options)
-    assert np.array_equal(_png_gray8(data), a)
+    assert np.array_equal(_plain_gray_png(data), a)
     assert np.array_equal(decode_gray(data), a)
 
 
-def test_fast_path_accepts_text_chunks_and_gamma(digit):
+def test_text_chunks_and_gamma_do_not_change_the_pixels(digit):
+    """Text chunks may hold an orientation (EXIF/XMP), so they go to Pillow; its pixels are the same."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "drawn by hand")
     info.add_text("Long", "x" * 5000, zip=True)
     data = encode(Image.fromarray(digit), "PNG", pnginfo=info, dpi=(300, 300))
-    assert np.array_equal(_png_gray8(data), digit)
+    assert _plain_gray_png(data) is None
+    assert np.array_equal(decode_gray(data), digit)
+    assert np.array_equal(_plain_gray_png(encode(Image.fromarray(digit), "PNG", dpi=(300, 300))), digit)
 
 
 @pytest.mark.parametrize("case", ["rgb", "palette", "16bit", "transparency", "exif", "bad-ihdr-crc", "no-iend"])
@@ -93,7 +97,7 @@ def test_fast_path_declines_and_pillow_decides(digit, case):
         data = bytes(data)
     else:
         data = encode(im, "PNG")[:-12]
-    assert _png_gray8(data) is None
+    assert _plain_gray_png(data) is None or case == "no-iend"  # libspng, like Pillow, needs no IEND
     got = _judged_like_pillow(data)
     if got is not None and case in ("rgb", "palette", "16bit", "exif", "no-iend"):
         assert np.array_equal(got, digit)
@@ -117,10 +121,17 @@ def test_corrupt_idat_crc_is_judged_like_pillow(digit):
     iend = data.rindex(b"IEND")
     data[iend - 5] ^= 0xFF  # last byte of the IDAT CRC
     data = bytes(data)
-    assert _png_gray8(data) is None
     got = _judged_like_pillow(data)
     if got is not None:
         assert np.array_equal(got, pillow_gray(data))
+
+
+def test_truncated_gray_png_is_refused_by_both_decoders(digit):
+    data = encode(Image.fromarray(digit), "PNG")
+    cut = data[:len(data) // 2]
+    assert _plain_gray_png(cut) is None
+    with pytest.raises(ImageError, match="truncated"):
+        decode_gray(cut)
 
 
 # ---------------------------------------------------------------- formats and modes

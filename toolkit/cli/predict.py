@@ -67,7 +67,7 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     """
     from toolkit.errors import EXIT_INTERRUPTED
     from toolkit.predict import PredictInterrupted, predict_paths
-    from toolkit.predict_terminal import TerminalReporter
+    from toolkit.predict.terminal import TerminalReporter
 
     try:
         summary = predict_paths(paths, model=model, provider=provider, batch_size=batch_size, top_k=top_k,

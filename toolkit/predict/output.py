@@ -1,10 +1,11 @@
 """Result files of `toolkit predict`: CSV/JSONL rows and the confusion-matrix PNG.
 
-Rows are written while the run goes on, into a hidden temporary file beside the
-destination (``.NAME.XXXX.part``), flushed after every batch. The file takes its
-final name when the run ends, and also when it is interrupted (Ctrl-C/SIGTERM): it is
-then cut back to the last complete batch, so it always holds a header plus whole
-rows, never half a line. A fatal error removes it and leaves any older file alone.
+Rows are written while the run goes on, into the hidden temporary file of
+``toolkit.atomic.atomic_file`` beside the destination (``.NAME.XXXX.part``), flushed
+after every batch. The file takes its final name when the run ends, and also when it
+is interrupted (Ctrl-C/SIGTERM): it is then cut back to the last complete batch, so it
+always holds a header plus whole rows, never half a line. A fatal error removes it and
+leaves any older file alone.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, check_writable
-from .errors import OutputError
+from ..atomic import atomic_path, check_writable
+from ..errors import OutputError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
@@ -55,27 +55,14 @@ def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 class ResultWriter:
-    def __init__(self, path: str | os.PathLike, classes: list[str], top_k: int):
-        self.path = Path(path)
-        self.format = output_format(self.path)
-        self.classes = list(classes)
-        self.top_k = top_k
-        self.rows = 0
-        self._file = None
-        self._tmp: Path | None = None
-        self._good = 0  # bytes that hold complete rows
+    """Rows into an open binary file (``toolkit.atomic.atomic_file``), flushed after every batch."""
 
-    def open(self) -> "ResultWriter":
-        parent = self.path.parent if str(self.path.parent) else Path(".")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=parent)
-        except OSError as e:
-            raise OutputError(self.path, f"cannot write here ({e.strerror})") from None
-        self._tmp = Path(tmp)
-        self._file = os.fdopen(fd, "wb")
-        if self.format == "csv":
-            self._emit(_csv_text([csv_header(self.top_k)]))
-        return self
+    def __init__(self, file, fmt: str, classes: list[str], top_k: int):
+        self.file, self.format, self.classes, self.top_k = file, fmt, list(classes), top_k
+        self.rows = 0
+        self._good = 0  # bytes that hold complete rows
+        if fmt == "csv":
+            self._emit(_csv_text([csv_header(top_k)]))
 
     def write(self, paths: list[str], expected: list[str | None], probs: np.ndarray, top: np.ndarray) -> None:
         classes = self.classes
@@ -102,38 +89,20 @@ class ResultWriter:
 
     def _emit(self, text: str) -> None:
         # surrogateescape: a file name that is not valid UTF-8 is written back as its original bytes.
-        self._file.write(text.encode("utf-8", "surrogateescape"))
-        self._file.flush()
-        self._good = self._file.tell()
+        self.file.write(text.encode("utf-8", "surrogateescape"))
+        self.file.flush()
+        self._good = self.file.tell()
 
-    def commit(self) -> None:
-        """Give the file its final name, keeping only complete rows (also after an interrupt)."""
-        self._file.flush()
-        self._file.truncate(self._good)
-        self._file.close()
-        os.chmod(self._tmp, 0o666 & ~_umask())
-        os.replace(self._tmp, self.path)
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self._tmp is not None:
-            try:
-                self._tmp.unlink()
-            except OSError:
-                pass
+    def finish(self) -> None:
+        """Keep only complete rows: an interrupt may have stopped a write half-way."""
+        self.file.flush()
+        self.file.truncate(self._good)
 
 
 def _csv_text(rows) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------- confusion matrix PNG

@@ -1,21 +1,19 @@
-"""Batched inference over image files on ONNX Runtime: decode in parallel, predict in batches, stream results.
-
-Library entry points:
-  prepare(image)            any image (path, bytes, PIL image, 2-D array) -> 28x28 uint8 model pixels
-  predict_paths(paths, ...) the whole `toolkit predict` run; returns a Summary, raises toolkit errors
+"""The whole `toolkit predict` run: decode in worker processes, predict in batches, stream results.
 
 Pipeline: the file list is built first (cheap: names only). Decoding runs in worker
-processes (one per core), each taking a chunk of paths and returning packed uint8
+processes (one per usable CPU), each taking a chunk of paths and returning packed uint8
 pixels; at most four chunks per worker are in flight, so memory stays bounded whatever
 the number of images. The main process assembles batches, runs ONNX Runtime and
 writes rows as they come, in input order. Small runs decode in-process: starting
 workers costs more than it saves.
 
-Start-up order matters for speed and safety: the workers are forked before onnxruntime
-is imported (forking a process that runs ORT's thread pools is not safe), and they get
-their first chunks straight away, with the preprocessing read from the model file's
-metadata by a small protobuf reader, so decoding overlaps the ORT import and session
-creation. The session then validates the contract as always. Nothing here imports torch.
+Start-up order: the workers are forked first, while this process has no onnxruntime
+threads (forking a process that runs ORT's thread pools is not safe); then ORT is
+imported, the session built and its contract read through ORT's metadata map; then the
+workers get their chunks, with the preprocessing that contract names. Measured on the
+2-core build machine, this beat a forkserver pool (which would let ORT be imported
+first): a forkserver worker re-imports numpy and Pillow, which costs more CPU than the
+workers' idle wait for the session. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -34,12 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EXIT_OK, EXIT_PARTIAL, ImageError, ModelError, ToolkitError
-from .images import decode_gray, read_gray, to_gray
-from .predict_inputs import collect, expected_label
-from .predict_output import ResultWriter, check_output, default_confusion_path, top_k_indices, write_confusion_png
-from .preprocess import MNIST, PreprocessSpec, to_model_pixels
-from .runtime import softmax
+from ..atomic import atomic_file, check_writable
+from ..errors import EXIT_OK, EXIT_PARTIAL, ImageError, ToolkitError
+from ..machine import usable_cpus
+from ..preprocess import MNIST, PreprocessSpec, to_model_pixels
+from ..runtime import softmax
+from .decode import bombs_refused, decode_gray, read_gray, read_gray_unguarded, to_gray
+from .inputs import collect
+from .output import ResultWriter, check_output, default_confusion_path, output_format, top_k_indices, write_confusion_png
 
 DEFAULT_BATCH_SIZE = 256
 # Below this many files, decoding in this process beats starting worker processes.
@@ -80,10 +80,6 @@ def prepare(image, spec: PreprocessSpec = MNIST) -> np.ndarray:
     else:
         gray = to_gray(image)
     return to_model_pixels(gray, spec)
-
-
-def prepare_file(path: str, spec: PreprocessSpec = MNIST) -> np.ndarray:
-    return to_model_pixels(read_gray(path), spec)
 
 
 # ---------------------------------------------------------------- results
@@ -147,40 +143,21 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _decode_chunk(paths: list[str], spec_json: str):
+def _decode_chunk(paths: list[str], spec: PreprocessSpec):
     """Runs in a worker: (indices decoded, their pixels as bytes, [(index, reason)] for the rest)."""
-    spec = _spec(spec_json)
     out = np.empty((len(paths), spec.height, spec.width), dtype=np.uint8)
     ok: list[int] = []
     bad: list[tuple[int, str]] = []
-    for i, path in enumerate(paths):
-        try:
-            out[len(ok)] = prepare_file(path, spec)
-            ok.append(i)
-        except ImageError as e:
-            bad.append((i, e.reason))
-        except Exception as e:  # one odd file must never end a run over thousands
-            bad.append((i, f"could not be processed ({type(e).__name__}: {e})"))
+    with bombs_refused():
+        for i, path in enumerate(paths):
+            try:
+                out[len(ok)] = to_model_pixels(read_gray_unguarded(path), spec)
+                ok.append(i)
+            except ImageError as e:
+                bad.append((i, e.reason))
+            except Exception as e:  # one odd file must never end a run over thousands
+                bad.append((i, f"could not be processed ({type(e).__name__}: {e})"))
     return ok, out[:len(ok)].tobytes(), bad
-
-
-_SPECS: dict[str, PreprocessSpec] = {}
-
-
-def _spec(spec_json: str) -> PreprocessSpec:
-    spec = _SPECS.get(spec_json)
-    if spec is None:
-        import json
-
-        spec = _SPECS[spec_json] = PreprocessSpec.from_dict(json.loads(spec_json))
-    return spec
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _start_pool(workers: int):
@@ -200,14 +177,14 @@ def _start_pool(workers: int):
 class _ChunkDecoder:
     """Decodes ``files`` in chunks, in order; with a pool, submission starts at construction."""
 
-    def __init__(self, files: list[str], spec_json: str, pool, workers: int):
-        self.files, self.spec_json, self.pool = files, spec_json, pool
+    def __init__(self, files: list[str], spec: PreprocessSpec, pool, workers: int):
+        self.files, self.spec, self.pool = files, spec, pool
         self.size = max(8, min(MAX_CHUNK, math.ceil(len(files) / max(1, workers * 4))))
         self.starts = iter(range(0, len(files), self.size))
         self.pending: deque = deque()
         if pool is not None:
-            # Enough chunks to keep every worker busy (also while the main process is still loading
-            # the model), few enough that memory stays bounded whatever the number of images.
+            # Enough chunks to keep every worker busy, few enough that memory stays bounded
+            # whatever the number of images.
             for _ in range(workers * 4):
                 if not self._submit():
                     break
@@ -217,14 +194,14 @@ class _ChunkDecoder:
         if start is None:
             return False
         chunk = self.files[start:start + self.size]
-        self.pending.append((start, self.pool.submit(_decode_chunk, chunk, self.spec_json)))
+        self.pending.append((start, self.pool.submit(_decode_chunk, chunk, self.spec)))
         return True
 
     def __iter__(self):
         """Yield (start, ok, pixel bytes, bad) per chunk, in file order."""
         if self.pool is None:
             for start in self.starts:
-                yield (start, *_decode_chunk(self.files[start:start + self.size], self.spec_json))
+                yield (start, *_decode_chunk(self.files[start:start + self.size], self.spec))
             return
         from concurrent.futures.process import BrokenProcessPool
 
@@ -284,8 +261,6 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
     out_path = check_output(output, force=force) if output is not None else None
     png_path = Path(confusion) if confusion is not None else (default_confusion_path(out_path) if out_path else None)
     if png_path is not None and (confusion is not None or png_path.exists()):
-        from .atomic import check_writable
-
         check_writable(png_path, force=force)
 
     inputs = collect(paths)
@@ -296,51 +271,42 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
         raise NoImages("nothing to predict: no image files in the given path(s)"
                        + (f" ({len(inputs.ignored)} non-image file(s) ignored)" if inputs.ignored else ""))
     if workers is None:
-        workers = default_workers() if len(files) >= POOL_MIN_FILES else 0
-    pool = _start_pool(workers) if workers > 0 and len(files) > 1 else None
-    try:
-        # Head start: the preprocessing read straight from the file lets the workers decode
-        # while onnxruntime is imported and the session built (the contract is checked below).
-        early = _early_spec(model)
-        decoder = _ChunkDecoder(files, early.to_json(), pool, workers) if early and pool else None
-        from .runtime import Predictor
+        workers = usable_cpus() if len(files) >= POOL_MIN_FILES else 0
+    with contextlib.ExitStack() as stack:
+        pool = _start_pool(workers) if workers > 0 and len(files) > 1 else None
+        if pool is not None:
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        from ..runtime import Predictor
 
         # With decoding workers on every core, more ORT threads only contend with them: one
         # thread per four cores measured faster than ORT's default on the 2-core build machine.
-        threads = max(1, default_workers() // 4) if pool is not None else None
+        threads = max(1, usable_cpus() // 4) if pool is not None else None
         predictor = Predictor.open(model, provider, threads)
-        spec = predictor.contract.preprocess
-        if decoder is None:
-            decoder = _ChunkDecoder(files, spec.to_json(), pool, workers)
-        elif spec != early:
-            raise ModelError(model, "its metadata changed while it was being loaded; run again")
-        summary = Summary(provider=predictor.provider, classes=predictor.classes, skipped=len(inputs.skipped),
+        decoder = _ChunkDecoder(files, predictor.contract.preprocess, pool, workers)
+        classes = predictor.classes
+        top_k = min(top_k, len(classes))
+        summary = Summary(provider=predictor.provider, classes=classes, skipped=len(inputs.skipped),
                           ignored=len(inputs.ignored), output=out_path)
         if predictor.notice:
             reporter.notice(predictor.notice)
         for note in inputs.notes:
             reporter.notice(note)
-        reporter.begin(files, predictor.classes, min(top_k, len(predictor.classes)))
+        reporter.begin(files, classes, top_k)
         for path, reason in inputs.skipped:
             reporter.skipped(path, reason)
-        writer = ResultWriter(out_path, predictor.classes, min(top_k, len(predictor.classes))).open() if out_path else None
+        writer = None
+        if out_path is not None:
+            # The output's temporary file is removed by the stack on any error, and renamed otherwise.
+            writer = ResultWriter(stack.enter_context(atomic_file(out_path)), output_format(out_path), classes, top_k)
         try:
             with _deferred_interrupts() as stop_requested:
-                _stream(files, decoder, predictor, batch_size, min(top_k, len(predictor.classes)),
-                        summary, writer, reporter, stop_requested)
+                _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, reporter, stop_requested)
                 summary.interrupted = stop_requested()
         except KeyboardInterrupt:
             summary.interrupted = True
-        except BaseException:
-            if writer:
-                writer.discard()
-            raise
         if writer:
-            writer.commit()
+            writer.finish()
             summary.rows_written = writer.rows
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     if summary.labelled and png_path is not None and not summary.interrupted:
         acc = summary.accuracy * 100
         write_confusion_png(png_path, summary.confusion, summary.classes,
@@ -353,44 +319,21 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
     return summary
 
 
-def _early_spec(model) -> PreprocessSpec | None:
-    from .contract import ModelContract
-    from .predict_meta import read_metadata_props
-
-    meta = read_metadata_props(model)
-    if not meta:
-        return None
-    try:
-        return ModelContract.from_metadata(meta, model).preprocess
-    except ToolkitError:
-        return None  # the session path below reports the problem properly
-
-
-def _stream(files, decoder, predictor, batch_size, top_k, summary, writer, reporter, stop_requested):
+def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, reporter, stop_requested):
+    files = inputs.files
     spec = predictor.contract.preprocess
-    classes = predictor.classes
-    index = {c: i for i, c in enumerate(classes)}
-    summary.confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    folder_labels: dict[str, str | None] = {}
-
-    def labels_by_folder(path: str) -> str | None:
-        # one lookup per folder, not per image: paths under a folder share its label
-        folder = path[:max(path.rfind("/"), path.rfind(os.sep))]
-        if folder not in folder_labels:
-            folder_labels[folder] = expected_label(path, index)
-        return folder_labels[folder]
-
-    pending_paths: list[str] = []
-    pending_pixels: list[np.ndarray] = []
-    pending_count = 0
-
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    # A file's true label is its folder's name when that is a class (see inputs.expected_label).
+    labels = [name if name in index else None for name in inputs.parents]
+    summary.confusion = np.zeros((len(index), len(index)), dtype=np.int64)
     lookup = spec.lookup_table()
 
-    def run_batch(paths: list[str], pixels: np.ndarray) -> None:
+    def run_batch(picked: list[int], pixels: np.ndarray) -> None:
         # == predictor.probabilities(pixels), with normalisation by table (bit-identical, cheaper)
         probs = softmax(predictor.logits(lookup[pixels][:, None, :, :]).astype(np.float32))
         top = top_k_indices(probs, top_k)
-        expected = [labels_by_folder(p) for p in paths]
+        paths = [files[i] for i in picked]
+        expected = [labels[i] for i in picked]
         labelled = [i for i, e in enumerate(expected) if e is not None]
         if labelled:
             np.add.at(summary.confusion, ([index[expected[i]] for i in labelled], top[labelled, 0]), 1)
@@ -399,22 +342,22 @@ def _stream(files, decoder, predictor, batch_size, top_k, summary, writer, repor
         summary.images += len(paths)
         reporter.predicted(paths, expected, probs, top)
 
+    pending: list[int] = []  # file indices decoded but not yet predicted
+    pending_pixels: list[np.ndarray] = []
     for start, ok, pixel_bytes, bad in decoder:
         for i, reason in bad:
             reporter.skipped(files[start + i], reason)
         summary.skipped += len(bad)
         if ok:
-            pending_paths += [files[start + i] for i in ok]
+            pending += [start + i for i in ok]
             pending_pixels.append(np.frombuffer(pixel_bytes, dtype=np.uint8).reshape(len(ok), spec.height, spec.width))
-            pending_count += len(ok)
-        while pending_count >= batch_size:
+        while len(pending) >= batch_size:
             pixels = np.concatenate(pending_pixels) if len(pending_pixels) > 1 else pending_pixels[0]
-            run_batch(pending_paths[:batch_size], pixels[:batch_size])
-            pending_paths = pending_paths[batch_size:]
-            pending_pixels = [pixels[batch_size:]] if pending_count > batch_size else []
-            pending_count -= batch_size
+            run_batch(pending[:batch_size], pixels[:batch_size])
+            pending = pending[batch_size:]
+            pending_pixels = [pixels[batch_size:]] if pending else []
         reporter.advance(len(ok) + len(bad))
         if stop_requested():
             return
-    if pending_count:
-        run_batch(pending_paths, np.concatenate(pending_pixels))
+    if pending:
+        run_batch(pending, np.concatenate(pending_pixels))

@@ -17,16 +17,23 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
-from .images import IMAGE_SUFFIXES
+from .decode import IMAGE_SUFFIXES
 
 
 @dataclass
 class Inputs:
     files: list[str] = field(default_factory=list)
+    # Name of each file's parent folder (its label when that is a class name); one string per folder, shared.
+    parents: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     ignored: list[str] = field(default_factory=list)  # non-image files met inside folders
     notes: list[str] = field(default_factory=list)
+
+    def add(self, path: str, parent: str) -> None:
+        self.files.append(path)
+        self.parents.append(parent)
 
 
 def collect(paths) -> Inputs:
@@ -51,7 +58,7 @@ def collect(paths) -> Inputs:
                 tail = f" ({others} other file(s) ignored)" if others else ""
                 found.skipped.append((arg, f"folder holds no image files{tail}"))
         elif stat.S_ISREG(st.st_mode):
-            found.files.append(arg)
+            found.add(arg, parent_name(arg))
         else:
             found.skipped.append((arg, "not a regular file or folder"))
     return found
@@ -73,6 +80,7 @@ def _walk(root: str, root_stat: os.stat_result, found: Inputs, visited: set) -> 
         except OSError as e:
             found.skipped.append((folder, f"cannot list folder ({e.strerror})"))
             continue
+        parent = PurePath(os.path.normpath(folder)).name
         subfolders = []
         for entry in entries:
             if entry.name.startswith("."):
@@ -88,8 +96,8 @@ def _walk(root: str, root_stat: os.stat_result, found: Inputs, visited: set) -> 
                 except OSError as e:
                     found.skipped.append((path, f"cannot access folder ({e.strerror})"))
                 continue
-            name = entry.name
-            if name[name.rfind("."):].lower() not in IMAGE_SUFFIXES or "." not in name:
+            # splitext, not PurePath(...).suffix: same answer at a tenth of the cost, once per file
+            if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
                 found.ignored.append(path)
                 continue
             try:
@@ -97,7 +105,7 @@ def _walk(root: str, root_stat: os.stat_result, found: Inputs, visited: set) -> 
             except OSError:
                 regular = False
             if regular:
-                found.files.append(path)
+                found.add(path, parent)
             elif entry.is_symlink() and not os.path.exists(path):
                 found.skipped.append((path, "broken symbolic link"))
             else:
@@ -106,7 +114,11 @@ def _walk(root: str, root_stat: os.stat_result, found: Inputs, visited: set) -> 
         stack.extend(reversed(subfolders))
 
 
+def parent_name(path: str) -> str:
+    return PurePath(os.path.normpath(path)).parent.name
+
+
 def expected_label(path: str, classes) -> str | None:
     """The true label of an image in a labelled folder: its parent folder's name, if that is a class."""
-    parent = os.path.basename(os.path.dirname(os.path.normpath(path)))
+    parent = parent_name(path)
     return parent if parent in classes else None

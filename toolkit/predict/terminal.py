@@ -12,7 +12,8 @@ import sys
 import click
 import numpy as np
 
-from .predict import Reporter, Summary
+from .inputs import expected_label
+from .pipeline import Reporter, Summary
 
 TABLE_MAX = 20
 
@@ -38,8 +39,6 @@ class TerminalReporter(Reporter):
         self._err(f"toolkit: {text}")
 
     def begin(self, files, classes, top_k) -> None:
-        from .predict_inputs import expected_label
-
         self.classes, self.top_k = classes, top_k
         if len(files) <= self.table_max:
             self.table = True

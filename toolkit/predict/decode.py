@@ -1,0 +1,262 @@
+"""Any common image file -> a 2-D uint8 grayscale array, or an ImageError saying why not.
+
+Decoding is separate from preprocessing (``toolkit.preprocess.to_model_pixels``):
+this module only turns bytes into gray levels, the way a viewer would show them,
+with plain Pillow.
+
+* Formats: an allowlist (``ALLOWED_FORMATS``). Pillow is only ever asked to try those
+  plugins, so PSD, EPS (Ghostscript), PDF and friends are refused before any parser
+  for them runs.
+* Decompression bombs: images over ``Image.MAX_IMAGE_PIXELS`` pixels are refused
+  with a per-file error instead of Pillow's warning (and instead of a 2 GB allocation).
+* Truncated files are errors; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set here.
+* EXIF orientation is applied; the first frame of a GIF/TIFF is used.
+* Transparency: the image is composited on a background that contrasts with its
+  visible content (white behind dark ink, black behind light ink), so a digit
+  drawn on a transparent canvas stays visible whichever colour it was drawn in.
+* 16/32-bit integer images are scaled from 0..65535 to 0..255; float images from
+  0..1 (or clipped to 0..255 when their values exceed 1).
+
+The dominant input, a small plain 8-bit gray PNG (what MNIST exports look like), is
+decoded by libspng (pyspng, 0.4 MB installed): Pillow's PNG plugin spends five times as long
+in Python on such a file. Only files whose pixels cannot differ from Pillow's take that
+path (see ``_plain_gray_png``); everything else, and anything libspng refuses, is Pillow's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+import zlib
+
+import numpy as np
+import pyspng
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageError
+
+# Pillow's plugin names, most common first (Pillow tries them in this order). The JPEG plugin
+# also opens the multi-picture JPEGs that many phone cameras write (Pillow calls them MPO).
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+ALLOWED_TEXT = "PNG, JPEG, BMP, GIF, WebP, TIFF"
+
+# File name endings that mark an image inside a folder (explicitly named files are always tried).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".webp",
+                            ".tif", ".tiff"})
+
+_EXIF_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "TIFF", "PNG"})
+# Where Image.getexif finds an orientation besides a TIFF's own tags. Looking for them first
+# skips Pillow's EXIF parsing, a third of the time of a small PNG that has none.
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+# Files up to this size are read whole (and may take the pyspng path); larger ones are streamed by Pillow.
+_WHOLE_READ = 256 * 1024
+# Large JPEGs are decoded at a reduced DCT scale: the digit ends up 20x20 pixels anyway.
+_JPEG_DRAFT_SIZE = (1024, 1024)
+
+# Recognised-but-refused formats, so the message says what the file is rather than "unknown".
+_REFUSED_MAGIC = (
+    (0, b"8BPS", "a Photoshop PSD file"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"%!PS", "a PostScript/EPS file"),
+    (0, b"\xc5\xd0\xd3\xc6", "an EPS file"),
+    (0, b"\x00\x00\x01\x00", "an ICO icon"),
+    (0, b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 file"),
+    (0, b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
+    (0, b"gimp xcf", "a GIMP XCF file"),
+    (4, b"ftypheic", "a HEIC image"),
+    (4, b"ftypheix", "a HEIC image"),
+    (4, b"ftypmif1", "a HEIF image"),
+    (4, b"ftypavif", "an AVIF image"),
+    (0, b"qoif", "a QOI image"),
+)
+
+
+@contextlib.contextmanager
+def bombs_refused():
+    """Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error inside this block.
+
+    Decoding workers enter it once per chunk of files: per file it would cost more than decoding a small PNG.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """Decode the image file at ``path`` to a 2-D uint8 array (see the module rules)."""
+    with bombs_refused():
+        return read_gray_unguarded(path)
+
+
+def decode_gray(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode image bytes to a 2-D uint8 array; ``path`` only names the source in errors."""
+    with bombs_refused():
+        return _decode_bytes(data, path)
+
+
+def read_gray_unguarded(path: str | os.PathLike) -> np.ndarray:
+    """``read_gray`` for callers already inside ``bombs_refused()``."""
+    path = os.fspath(path)
+    try:
+        # Unbuffered, sized by fstat: a buffered reader, or a read into an oversized buffer (an mmap
+        # per file), costs about as much as decoding a small PNG.
+        with open(path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size <= _WHOLE_READ:
+                return _decode_bytes(f.read(), path)
+            return _decode(io.BufferedReader(f), path)
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not an image file") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read ({e.strerror or e})") from None
+
+
+def to_gray(im: Image.Image) -> np.ndarray:
+    """An opened Pillow image (any mode) -> 2-D uint8 gray levels, transparency composited."""
+    mode = im.mode
+    if mode == "L" and "transparency" not in im.info:
+        # tobytes, not np.asarray: the array interface costs a quarter of decoding a small PNG.
+        return np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(im.height, im.width)
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float64)
+        return np.rint(np.clip(a, 0, 65535) / 257.0).astype(np.uint8)
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
+        a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        return np.rint(np.clip(a, 0, 255)).astype(np.uint8)
+    if mode == "1":
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        gray = np.asarray(rgba.convert("L"), dtype=np.float32)
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+        return _composite(gray, alpha)
+    if mode in ("RGB", "P", "L"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    # CMYK, YCbCr, LAB, HSV...: through RGB, which Pillow converts each of correctly.
+    return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8)
+
+
+def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Put the visible content on a background of the opposite brightness."""
+    weight = float(alpha.sum())
+    if weight == 0:  # fully transparent: nothing to see
+        return np.zeros(gray.shape, dtype=np.uint8)
+    visible_mean = float((gray * alpha).sum()) / weight
+    background = 255.0 if visible_mean < 128 else 0.0
+    out = gray * alpha + background * (1.0 - alpha)
+    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+# Signature, then the IHDR chunk, which the PNG standard puts first.
+_PNG_IHDR = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"
+# Chunks that can make Pillow's pixels differ: transparency, an orientation (EXIF, or XMP/EXIF in
+# text chunks), animation frames. Looking for their names anywhere in the file errs on the safe side.
+_PILLOW_ONLY_CHUNKS = (b"tRNS", b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"acTL")
+
+
+def _plain_gray_png(data: bytes) -> np.ndarray | None:
+    """libspng's pixels for an 8-bit gray, non-interlaced PNG that Pillow would show as they are; else None.
+
+    libspng does not check the IHDR's CRC (Pillow refuses such a file), so that is checked here.
+    One difference remains: libspng ignores the zlib stream's final Adler-32 checksum, so a file
+    damaged only there is accepted with its intact pixels, where Pillow refuses it.
+    """
+    # depth 8, colour type 0 (gray), compression 0, filter 0, interlace 0
+    if not data.startswith(_PNG_IHDR) or data[24:29] != b"\x08\x00\x00\x00\x00":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        return None  # Pillow's bomb rule decides
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big") or any(c in data for c in _PILLOW_ONLY_CHUNKS):
+        return None
+    try:
+        pixels = pyspng.load(data)
+    except Exception:  # truncated or corrupt: Pillow's path names the problem
+        return None
+    return pixels if pixels.shape == (height, width) and pixels.dtype == np.uint8 else None
+
+
+def _decode_bytes(data: bytes, path) -> np.ndarray:
+    pixels = _plain_gray_png(data)
+    return pixels if pixels is not None else _decode(io.BytesIO(data), path)
+
+
+def _decode(fp, path) -> np.ndarray:
+    try:
+        im = Image.open(fp, formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError(path, _unidentified_reason(_head(fp))) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(path, _bomb_reason()) from None
+    except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error... on bad headers
+        if "truncated" in str(e).lower():
+            raise ImageError(path, "truncated file: it ends inside the image header") from None
+        raise ImageError(path, f"damaged image header ({_describe(e)})") from None
+    with im:
+        try:
+            if im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L") and max(im.size) > max(_JPEG_DRAFT_SIZE):
+                im.draft("L", _JPEG_DRAFT_SIZE)
+            im.load()
+            if im.format in _EXIF_FORMATS and (im.format == "TIFF" or any(k in im.info for k in _ORIENTATION_KEYS)):
+                _apply_orientation(im)
+            return to_gray(im)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(path, _bomb_reason()) from None
+        except MemoryError:
+            raise ImageError(path, f"too large to decode in memory ({im.size[0]}x{im.size[1]})") from None
+        except Exception as e:
+            raise ImageError(path, _load_reason(im, e)) from None
+
+
+def _head(fp) -> bytes:
+    fp.seek(0)
+    return fp.read(64)
+
+
+def _apply_orientation(im: Image.Image) -> None:
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception:
+        # A malformed EXIF block says nothing reliable about orientation; the pixels are still good.
+        pass
+
+
+def _describe(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
+
+
+def _load_reason(im, e: Exception) -> str:
+    text = str(e).lower()
+    if "truncated" in text or isinstance(e, EOFError) or "not enough" in text or "premature" in text:
+        return f"truncated {im.format} file: the image data ends early"
+    return f"damaged {im.format} data ({_describe(e)})"
+
+
+def _bomb_reason() -> str:
+    return (f"image is larger than the limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+            "(possible decompression bomb); refused")
+
+
+def _unidentified_reason(head: bytes) -> str:
+    if not head:
+        return "empty file (0 bytes)"
+    for offset, magic, what in _REFUSED_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return f"{what}; only {ALLOWED_TEXT} images are accepted"
+    if head.lstrip()[:5].lower() in (b"<?xml", b"<svg ", b"<svg>"):
+        return f"an SVG/XML file; only {ALLOWED_TEXT} images are accepted"
+    if head.startswith(b"\x89PNG"):
+        return "damaged or truncated PNG header"
+    if head.startswith(b"\xff\xd8"):
+        return "damaged or truncated JPEG header"
+    try:
+        text = head.decode("utf-8")
+        looks = "text, not an image" if all(c.isprintable() or c.isspace() for c in text) else "not a recognised image"
+    except UnicodeDecodeError:  # may also be text cut mid-character; "not an image" holds either way
+        looks = "not a recognised image"
+    return f"{looks} (accepted formats: {ALLOWED_TEXT})"

@@ -23,14 +23,9 @@ def provider_option(choices=("auto", "cpu", "cuda"), default="auto"):
 
 
 def exit_codes_help(wording: dict[int, str] | None = None, omit: tuple[int, ...] = ()) -> str:
-    """The epilog block listing exit codes, from toolkit.errors.EXIT_CODES.
-
-    A command may word a code for its own case (`wording`) or leave out codes it never returns (`omit`);
-    the codes themselves come only from the table.
-    """
+    """The "Exit codes:" epilog from EXIT_CODES; a command may reword a code or omit codes it never returns."""
     wording = wording or {}
-    unknown = (set(wording) | set(omit)) - {code for code, _ in EXIT_CODES}
-    if unknown:
+    if unknown := (set(wording) | set(omit)) - dict(EXIT_CODES).keys():
         raise ValueError(f"exit codes not in toolkit.errors.EXIT_CODES: {sorted(unknown)}")
     rows = [f"  {code:<5}{wording.get(code, meaning)}" for code, meaning in EXIT_CODES if code not in omit]
     return "\b\nExit codes:\n" + "\n".join(rows) + "\n"

@@ -126,6 +126,16 @@ def test_corrupt_idat_crc_is_judged_like_pillow(digit):
         assert np.array_equal(got, pillow_gray(data))
 
 
+def test_only_a_bad_zlib_checksum_is_judged_differently(digit):
+    """libspng does not check the Adler-32 at the end of the image data; the pixels are intact."""
+    data = bytearray(encode(Image.fromarray(digit), "PNG"))
+    data[-20] ^= 0xFF  # last byte of the zlib stream: IDAT data, IDAT CRC (4), IEND chunk (12)
+    data = bytes(data)
+    with pytest.raises(Exception):
+        pillow_gray(data)
+    assert np.array_equal(decode_gray(data), digit)
+
+
 def test_truncated_gray_png_is_refused_by_both_decoders(digit):
     data = encode(Image.fromarray(digit), "PNG")
     cut = data[:len(data) // 2]

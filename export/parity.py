@@ -112,7 +112,7 @@ def _diff(out: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> tuple[f
     ref = ref.astype(np.float64)
     # A NaN or Inf output is as far off as it gets, never "within tolerance" by accident.
     d = np.where(np.isfinite(out), np.abs(out - ref), np.inf)
-    outside = int((d > atol + rtol * np.abs(ref)).sum())
+    outside = int((~(d <= atol + rtol * np.abs(ref))).sum())  # fails closed: NaN is never within
     nz = ref != 0
     # numpy's definition of relative difference; it is large wherever a logit is near zero,
     # which is why the gate itself uses atol + rtol * |ref|.
@@ -176,7 +176,7 @@ def int8_problem(c: Comparison, float_accuracy: float, max_drop_points: float) -
     if c.error:
         return f"onnx-int8 export is broken: {c.error}"
     drop = (float_accuracy - c.test_accuracy) * 100
-    if drop > max_drop_points + 1e-9:
+    if not drop <= max_drop_points + 1e-9:  # fails closed on NaN
         return (f"onnx-int8 test accuracy {c.test_accuracy * 100:.2f}% vs {float_accuracy * 100:.2f}% for float32: "
                 f"{drop:.2f} points lost, the gate allows {max_drop_points:g}; "
                 f"top-1 agreement {c.top1_agreement * 100:.2f}%")

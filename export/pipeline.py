@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import platform
 import time
@@ -66,6 +67,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
         raise ValueError(f"formats must name at least one of {FORMATS}")
     if int8 and "onnx" not in formats:
         raise ValueError("the INT8 variant is quantized from the ONNX export; include onnx in formats")
+    for name, value in {"atol": atol, "rtol": rtol, "int8_max_drop": int8_max_drop}.items():
+        if not (math.isfinite(value) and value >= 0):  # a NaN or infinite tolerance switches its gate off
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     loaded = load_checkpoint(checkpoint)
     paths = output_paths(checkpoint, out_dir, formats, int8)
     created = prepare_folder(paths["report"].parent)

@@ -7,14 +7,20 @@ the per-batch Python overhead of a DataLoader costs more than the model itself.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from toolkit.errors import ToolkitError
 from toolkit.preprocess import MNIST, PreprocessSpec
 
 from .recipes import Recipe
+
+
+class TrainingDiverged(ToolkitError):
+    """The loss or the weights became NaN/Inf (e.g. a learning rate far too high): exit 1, nothing is written."""
 
 
 @dataclass
@@ -49,6 +55,11 @@ def _shift(x, max_shift: int, gen):
     rows = (dy[:, None] + torch.arange(h)[None, :])[:, :, None]
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, :]
     return pad[torch.arange(n)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
+def _diverged(what: str, epoch: int, step: int, recipe: Recipe) -> TrainingDiverged:
+    return TrainingDiverged(f"training diverged: {what} at epoch {epoch}, step {step} (learning rate {recipe.lr:g}); "
+                            "stopped, nothing was written; try a smaller --lr")
 
 
 def evaluate(model, x, y, batch_size: int = 2000):
@@ -98,23 +109,37 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, test_images: n
         model.train()
         order = torch.randperm(len(x), generator=gen).to(dev)
         total = 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False,
-                   disable=not progress, dynamic_ncols=True, mininterval=0.5)
-        for step in bar:
-            idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-            xb = x[idx]
-            if recipe.max_shift:
-                xb = _shift(xb, recipe.max_shift, gen)
-            loss = criterion(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += loss.item()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+        # closed on the way out too, so a divergence error is not printed into a half-drawn bar
+        with tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False,
+                  disable=not progress, dynamic_ncols=True, mininterval=0.5) as bar:
+            for step in bar:
+                idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                xb = x[idx]
+                if recipe.max_shift:
+                    xb = _shift(xb, recipe.max_shift, gen)
+                loss = criterion(model(xb), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                try:
+                    opt.step()
+                except RuntimeError as e:  # a rate near float32's limit: Adam's step size itself overflows
+                    if "overflow" not in str(e):
+                        raise
+                    raise _diverged("the optimizer's step overflowed float32", epoch, step + 1, recipe) from None
+                if sched is not None:
+                    sched.step()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise _diverged(f"the training loss became {value}", epoch, step + 1, recipe)
+                total += value
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         acc, test_loss, preds = evaluate(model, tx, ty)
+        # The last step can push weights to Inf with a finite loss, and BatchNorm can hide them from the loss.
+        bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad or not math.isfinite(test_loss):
+            what = f"tensor {bad[0]} became NaN/Inf" if bad else f"the test loss became {test_loss}"
+            raise _diverged(what, epoch, steps_per_epoch, recipe)
         row = {"epoch": epoch, "train_loss": total / steps_per_epoch, "test_loss": test_loss,
                "test_accuracy": acc, "seconds": time.perf_counter() - start}
         result.history.append(row)

@@ -2,7 +2,7 @@ import shlex
 
 import click
 
-from .options import force_option, model_option, provider_option
+from .options import FiniteFloat, force_option, model_option, provider_option
 
 
 def _int_list(ctx, param, value):
@@ -53,7 +53,7 @@ def _name_list(ctx, param, value):
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed runs per case after the first run.")
 @click.option("--runs", type=click.IntRange(min=1), help="Exactly this many timed runs per case.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+@click.option("--duration", type=FiniteFloat(min=0, min_open=True),
               help="Seconds of timed runs per case (at least 10 runs). Default 0.5 unless --runs is given.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for ONNX Runtime and torch, and "
               "BLAS threads for the matmul peak. Default: the physical cores available.")

@@ -2,7 +2,7 @@ import click
 
 from toolkit.export.defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
 
-from .options import data_dir_option, force_option
+from .options import FiniteFloat, data_dir_option, force_option
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
@@ -21,14 +21,14 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--formats", default=",".join(FORMATS), show_default=True, callback=_formats,
               help="Comma-separated: torchscript (<stem>.pt), onnx (<stem>.onnx).")
 @click.option("--opset", type=click.IntRange(11, 23), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
-@click.option("--atol", type=click.FloatRange(min=0), default=DEFAULT_ATOL, show_default=True,
+@click.option("--atol", type=FiniteFloat(min=0), default=DEFAULT_ATOL, show_default=True,
               help="Parity gate: absolute logit tolerance against the eager model.")
-@click.option("--rtol", type=click.FloatRange(min=0), default=DEFAULT_RTOL, show_default=True,
+@click.option("--rtol", type=FiniteFloat(min=0), default=DEFAULT_RTOL, show_default=True,
               help="Parity gate: relative tolerance; a logit passes if |out - ref| <= atol + rtol*|ref|.")
 @click.option("--int8", is_flag=True,
               help="Also write <stem>.int8.onnx (ONNX Runtime dynamic quantization), judged on test accuracy, "
                    "with its size and batch-1 latency against float32.")
-@click.option("--int8-max-drop", type=click.FloatRange(min=0), default=DEFAULT_INT8_MAX_DROP, show_default=True,
+@click.option("--int8-max-drop", type=FiniteFloat(min=0), default=DEFAULT_INT8_MAX_DROP, show_default=True,
               help="INT8 gate: most test-accuracy points it may lose against float32.")
 @data_dir_option
 @force_option

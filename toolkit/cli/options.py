@@ -1,8 +1,27 @@
 """Options shared by several commands, so their spelling and help stay identical."""
 
+import math
+
 import click
 
 from ..errors import EXIT_CODES
+
+
+class FiniteFloat(click.FloatRange):
+    """Every float option's type: a range that also refuses NaN and infinities ('nan', 'inf', '1e999').
+
+    Each comparison with NaN is false, so a NaN tolerance would switch a gate off and a NaN
+    learning rate would train garbage; checked before the range, whose message would mislead.
+    """
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
 
 force_option = click.option("--force", is_flag=True,
                             help="Replace existing output files. Without it, existing outputs are never overwritten.")

@@ -1,6 +1,6 @@
 import click
 
-from .options import data_dir_option, force_option
+from .options import FiniteFloat, data_dir_option, force_option
 
 
 @click.command("train")
@@ -9,7 +9,7 @@ from .options import data_dir_option, force_option
                    "AdamW + one-cycle LR + label smoothing + ±2 px shifts (more accurate).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epoch count.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's (peak) learning rate.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Override the recipe's (peak) learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; same seed on CPU gives the same weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @data_dir_option
@@ -23,7 +23,9 @@ def command(recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_s
     """Train the seed's MLP on MNIST and write a self-describing checkpoint.
 
     Nothing is written until training finishes; every output is written
-    atomically, so Ctrl-C leaves no half-written file.
+    atomically, so Ctrl-C leaves no half-written file. A training whose loss
+    or weights become NaN/Inf (a learning rate far too high) stops at once
+    with exit code 1 and writes nothing.
     """
     from toolkit.train.run import train_to_files
 

@@ -577,6 +577,31 @@ def test_predict_runs_with_torch_unavailable_and_workers_match_in_process(tiny_o
     assert len(read_csv(parallel)) == len(items)
 
 
+def test_workers_skip_bad_files_like_the_in_process_path(tiny_onnx, mnist, tmp_path):
+    """Workers start decoding before the session has read the preprocessing: same rows, same skips, same order."""
+    root = tmp_path / "in"
+    write_labelled(root, mnist, 40)
+    make_bad_files(root / "bad", mnist)
+    results = []
+    for workers in ("2", "0"):
+        out = tmp_path / f"w{workers}.csv"
+        result = run([root, "--model", tiny_onnx, "--provider", "cpu", "--output", out, "--workers", workers])
+        assert result.exit_code == 3, result.output
+        results.append((out.read_bytes(), re.findall(r"^skipped .+$", result.stderr, re.M)))
+    assert results[0] == results[1]
+    assert len(results[0][1]) == 6
+
+
+def test_unusable_model_with_workers_started_exits_1_without_hanging(labelled, tmp_path):
+    """The workers are forked and decoding before the model is opened; a bad model must release them."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00\x01garbage" * 100)
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "predict", str(labelled[0]), "--model", str(bad),
+                           "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "not a loadable ONNX model" in proc.stderr
+
+
 def test_cli_subprocess_with_torch_shadowed(tiny_onnx, mnist, tmp_path):
     """The installed command line itself, with an importable `torch` that fails on import."""
     root = tmp_path / "d"

@@ -8,18 +8,21 @@ writes rows as they come, in input order. Small runs decode in-process: starting
 workers costs more than it saves.
 
 Start-up order: the workers are forked first, while this process has no onnxruntime
-threads (forking a process that runs ORT's thread pools is not safe); then ORT is
-imported, the session built and its contract read through ORT's metadata map; then the
-workers get their chunks, with the preprocessing that contract names. A forkserver pool
-would let ORT be imported at any time, but its workers re-import numpy and Pillow, which
-costs more than their idle wait for the session: `toolkit predict` over 10,000 MNIST PNGs
-on the 2-core build machine took 1.29 s (median of 5) this way, 1.59 s with a forkserver.
-Nothing here imports torch.
+threads (forking a process that runs ORT's thread pools is not safe), and start decoding
+at once; then ORT is imported, the session built and its contract read through ORT's
+metadata map, and the preprocessing it names is announced to the workers (an Event and
+shared memory). Only the images decoded meanwhile wait, as gray levels, to be normalised.
+Measured with `toolkit predict` over 10,000 MNIST PNGs on the 2-core build machine
+(medians of 5-6 runs): 1.10 s this way; 1.21-1.29 s when the workers got their first
+chunks only once the session was open; 1.59 s with a forkserver pool, which would let ORT
+be imported at any time but whose workers re-import numpy and Pillow. Nothing here
+imports torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import multiprocessing
 import os
@@ -138,27 +141,63 @@ class Reporter:
 
 # ---------------------------------------------------------------- decoding workers
 
-def _worker_init() -> None:
+# In a worker: the parent's announcement of the model's preprocessing (an Event, and the spec's
+# JSON in shared memory; empty when the run was abandoned before the session opened).
+_announced = None
+
+
+def _worker_init(announced) -> None:
+    global _announced
+    _announced = announced
     # Ctrl-C reaches the whole process group; only the parent decides what happens then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _decode_chunk(paths: list[str], spec: PreprocessSpec):
-    """Runs in a worker: (indices decoded, their pixels as bytes, [(index, reason)] for the rest)."""
-    out = np.empty((len(paths), spec.height, spec.width), dtype=np.uint8)
+def _announced_spec(wait: bool) -> PreprocessSpec | None:
+    spec_ready, spec_json = _announced
+    if not spec_ready.wait(None if wait else 0) or not spec_json.value:
+        return None
+    return PreprocessSpec.from_dict(json.loads(spec_json.value))
+
+
+def _decode_chunk(paths: list[str], spec: PreprocessSpec | None):
+    """Runs in a worker: (indices decoded, their pixels as bytes, [(index, reason)] for the rest).
+
+    ``spec`` None: decode now, normalise once the parent announces the spec; only the images
+    decoded while its session opens wait as gray levels.
+    """
     ok: list[int] = []
+    pixels: list[np.ndarray] = []
     bad: list[tuple[int, str]] = []
+    held: list[tuple[int, np.ndarray]] = []
     with bombs_refused():
         for i, path in enumerate(paths):
             try:
-                out[len(ok)] = to_model_pixels(read_gray_unguarded(path), spec)
-                ok.append(i)
+                held.append((i, read_gray_unguarded(path)))
             except ImageError as e:
                 bad.append((i, e.reason))
             except Exception as e:  # one odd file must never end a run over thousands
                 bad.append((i, f"could not be processed ({type(e).__name__}: {e})"))
-    return ok, out[:len(ok)].tobytes(), bad
+            spec = spec or _announced_spec(wait=False)
+            if spec is not None:
+                _normalise(held, spec, ok, pixels, bad)
+    spec = spec or _announced_spec(wait=True)
+    if spec is None:
+        return [], b"", []  # the run was abandoned before its session opened
+    _normalise(held, spec, ok, pixels, bad)
+    return ok, b"".join(p.tobytes() for p in pixels), sorted(bad)
+
+
+def _normalise(held, spec, ok, pixels, bad) -> None:
+    """Move the ``held`` gray levels into ``pixels`` as model pixels (or into ``bad``)."""
+    for i, gray in held:
+        try:
+            pixels.append(to_model_pixels(gray, spec))
+            ok.append(i)
+        except Exception as e:
+            bad.append((i, f"could not be processed ({type(e).__name__}: {e})"))
+    held.clear()
 
 
 def _start_pool(workers: int):
@@ -167,25 +206,23 @@ def _start_pool(workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
     # fork is cheap and needs no re-import; elsewhere (Windows, macOS) spawn is the safe default.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init)
-    # With fork the executor starts all workers at its first task: make that happen now, while
-    # this process has no onnxruntime threads that a fork could catch holding a lock.
-    pool.submit(int)
-    return pool
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    announced = ctx.Event(), ctx.Array("c", 1 << 16)  # a spec's JSON takes a few hundred bytes
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(announced,))
+    return pool, announced
 
 
 class _ChunkDecoder:
     """Decodes ``files`` in chunks, in order; with a pool, submission starts at construction."""
 
-    def __init__(self, files: list[str], spec: PreprocessSpec, pool, workers: int):
+    def __init__(self, files: list[str], spec: PreprocessSpec | None, pool, workers: int):
         self.files, self.spec, self.pool = files, spec, pool
         self.size = max(8, min(MAX_CHUNK, math.ceil(len(files) / max(1, workers * 4))))
         self.starts = iter(range(0, len(files), self.size))
         self.pending: deque = deque()
         if pool is not None:
-            # Enough chunks to keep every worker busy, few enough that memory stays bounded
-            # whatever the number of images.
+            # Enough chunks to keep every worker busy (also while the main process is still loading
+            # the model), few enough that memory stays bounded whatever the number of images.
             for _ in range(workers * 4):
                 if not self._submit():
                     break
@@ -274,16 +311,23 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
     if workers is None:
         workers = usable_cpus() if len(files) >= POOL_MIN_FILES else 0
     with contextlib.ExitStack() as stack:
-        pool = _start_pool(workers) if workers > 0 and len(files) > 1 else None
-        if pool is not None:
+        pool = decoder = None
+        if workers > 0 and len(files) > 1:
+            pool, (spec_ready, spec_json) = _start_pool(workers)
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+            stack.callback(spec_ready.set)  # on failure, workers waiting for a spec get none and stop
+            decoder = _ChunkDecoder(files, None, pool, workers)  # forks the workers: no ORT threads yet
         from ..runtime import Predictor
 
         # With decoding workers on every core, more ORT threads only contend with them: one
         # thread per four cores measured faster than ORT's default on the 2-core build machine.
         threads = max(1, usable_cpus() // 4) if pool is not None else None
         predictor = Predictor.open(model, provider, threads)
-        decoder = _ChunkDecoder(files, predictor.contract.preprocess, pool, workers)
+        if pool is None:
+            decoder = _ChunkDecoder(files, predictor.contract.preprocess, None, 0)
+        else:
+            spec_json.value = predictor.contract.preprocess.to_json().encode()
+            spec_ready.set()
         classes = predictor.classes
         top_k = min(top_k, len(classes))
         summary = Summary(provider=predictor.provider, classes=classes, skipped=len(inputs.skipped),

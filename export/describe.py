@@ -1,36 +1,25 @@
 """`toolkit inspect` for the torch side: a checkpoint (.pth) or a TorchScript (.pt) file, as a description dict.
 
 Nothing is run: a TorchScript module is loaded (its code and tensors, not arbitrary pickled
-objects) and described. A ``.pt`` written by ``torch.save`` rather than TorchScript is a
-checkpoint by another name and is described as one. ONNX files are the core's (toolkit.inspect).
+objects) and described. What a file is comes from its content (toolkit.inspect.identify), not its
+suffix: a ``.pt`` written by ``torch.save`` is a checkpoint by another name and is described as one.
+ONNX files are the core's (toolkit.inspect).
 """
 
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 from toolkit.contract import decode_metadata
-from toolkit.errors import ModelError
+from toolkit.inspect import identify
 
 from .torchscript_export import load_torchscript
 
 
 def describe(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if path.suffix.lower() == ".pt" and not _is_torch_save_archive(path):
-        return describe_torchscript(path)
-    return describe_checkpoint(path)
-
-
-def _is_torch_save_archive(path: Path) -> bool:
-    """Both are zip archives; only TorchScript's holds compiled code (``<archive>/code/...``)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return not any("/code/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    """By content, whatever the suffix says; anything but these two is refused by the checkpoint loader."""
+    return describe_torchscript(Path(path)) if identify(path) == "torchscript" else describe_checkpoint(path)
 
 
 def describe_checkpoint(path: str | os.PathLike) -> dict:
@@ -56,11 +45,6 @@ def describe_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def describe_torchscript(path: Path) -> dict:
-    if not path.is_file():
-        raise ModelError(path, "is a directory, expected a TorchScript .pt file" if path.exists() else "no such file")
-    if not zipfile.is_zipfile(path):
-        raise ModelError(path, "empty file (0 bytes)" if path.stat().st_size == 0
-                         else "not a TorchScript archive (damaged, truncated or another kind of file)")
     module, meta = load_torchscript(path)
     meta = decode_metadata(meta or {})
     params = dict(module.named_parameters())

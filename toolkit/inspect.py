@@ -1,4 +1,5 @@
-"""`toolkit inspect model.onnx`: graph signature, opset, parameters and the toolkit contract; text rendering.
+"""`toolkit inspect model.onnx`: what a file is, by its content; graph signature, opset, parameters and the
+toolkit contract of an ONNX file; text rendering.
 
 No torch here, ever: this runs on the edge install (checkpoints and TorchScript files are
 described by toolkit.export.describe). The ``onnx`` package gives the full picture (opsets,
@@ -7,27 +8,101 @@ initializers); with only onnxruntime the description is built from a session and
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
+import zipfile
 from collections import Counter
 from pathlib import Path
 
 from .contract import KEY_PREFIX, decode_metadata
-from .errors import ModelError
+from .errors import FileProblem, ModelError
+
+MODEL_FILE = "a model file (expected a .pth checkpoint, .pt TorchScript or .onnx)"
+MODEL_KINDS = {"checkpoint": "a PyTorch checkpoint", "torchscript": "a TorchScript model", "onnx": "an ONNX model"}
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # what predict reads: the likeliest mix-up
+SIGNATURES = {  # leading bytes of other files often mistaken for a model
+    b"%PDF-": "a PDF document",
+    b"\x1f\x8b": "a gzip-compressed file",
+    b"\x93NUMPY": "a NumPy array file (.npy)",
+    b"\x89HDF\r\n\x1a\n": "an HDF5 file",
+    b"\x7fELF": "an executable (ELF)",
+}
+# An ONNX ModelProto starts with ir_version (field 1, a varint: tag 0x08, a one-byte value today), followed by
+# one of fields 2-8 (producer, domain, model_version, doc_string, graph, opset_import) as protobuf writes them.
+ONNX_SECOND_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
+
+
+def identify(path: str | os.PathLike, error: type[FileProblem] = ModelError, expected: str = MODEL_FILE) -> str:
+    """What a model file is by its first bytes, whatever its suffix says: a key of MODEL_KINDS.
+
+    "checkpoint" is a torch.save zip archive or a bare pickle (what it holds is judged by the loader,
+    which alone may say it would execute code). Any other file raises ``error`` saying what it is instead.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise error(path, "no such file")
+    if not path.is_file():
+        raise error(path, f"is a directory, not {expected}" if path.is_dir() else "is not a regular file")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        raise error(path, "empty file (0 bytes)")
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (the second: an empty one)
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            raise error(path, "a damaged or truncated zip archive (PyTorch checkpoints and TorchScript files are "
+                              "zip archives; this one cannot be read)") from None
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "torchscript" if any("/code/" in n for n in names) else "checkpoint"
+        raise error(path, f"a zip archive holding no data.pkl (not written by PyTorch), not {expected}")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle protocol 2-5 header
+        return "checkpoint"
+    if len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in ONNX_SECOND_TAGS:
+        return "onnx"
+    raise error(path, f"{_what(path, head)}, not {expected}")
+
+
+def _what(path: Path, head: bytes) -> str:
+    """What a file that is not a model is, in a few words."""
+    for signature, what in SIGNATURES.items():
+        if head.startswith(signature):
+            return what
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
+            return f"a {image.format} image"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass
+    try:  # an incremental decoder accepts a character cut at the end of the head
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\t\n\r\f\v" for c in text):
+        return "a text file"
+    return f"unrecognised binary content (starting {head[:8].hex(' ')})"
 
 
 def describe_onnx(path: str | os.PathLike) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(path, "is a directory, expected an .onnx file" if path.exists() else "no such file")
-    if path.stat().st_size == 0:
-        raise ModelError(path, "empty file (0 bytes)")
+    kind = identify(path, expected="an ONNX model")
+    if kind != "onnx":
+        raise ModelError(path, f"{MODEL_KINDS[kind]}, not an ONNX model")
     try:
         import onnx  # noqa: F401
     except ImportError:
         info = _with_onnxruntime(path)
     else:
         info = _with_onnx(path)
+    meta = info["metadata"]
+    output = next((o for o in info["outputs"] if o["name"] == meta.get("output_name")), None)
+    if output and isinstance(meta.get("classes"), list):
+        from .runtime import check_output_width
+
+        check_output_width(path, output["shape"][-1:], meta["classes"])
     return {"file": str(path), "kind": "onnx", "size_bytes": path.stat().st_size, **info}
 
 

@@ -10,14 +10,17 @@ seed's defaults filled in for what it does not say.
 from __future__ import annotations
 
 import os
-import pickle
+import pickletools
 import platform
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.atomic import atomic_path, file_sha256
 from toolkit.errors import CheckpointError
+from toolkit.inspect import MODEL_KINDS, identify
 from toolkit.preprocess import MNIST, PreprocessSpec
 
 FORMAT = "toolkit.mlp-checkpoint"
@@ -78,33 +81,36 @@ def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: di
         torch.save(payload, tmp)
 
 
-def _looks_like_onnx(path: Path, head: bytes) -> bool:
-    """An ONNX ModelProto starts with field 1 (ir_version, varint): tag byte 0x08."""
-    if path.suffix.lower() == ".onnx":
-        return True
-    if head[:1] != b"\x08":
-        return False
-    try:
-        import onnx
-
-        return len(onnx.load_model_from_string(path.read_bytes()).graph.node) > 0
-    except Exception:  # not protobuf at all (or no onnx package to tell): then it is not ONNX
-        return False
-
-
-def _sniff_failure(path: Path, head: bytes, error: Exception) -> str:
-    if _looks_like_onnx(path, head):
-        return "is an ONNX model, not a PyTorch checkpoint (export takes the .pth file)"
-    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error).lower().replace(" ", "_"):
-        return ("refused: the pickle references code or types that weights_only=True does not allow "
-                "(it could execute code on load); only tensors and plain data are accepted")
-    if head[:2] == b"PK":
-        return f"damaged or truncated checkpoint archive ({type(error).__name__})"
+def _load_failure(path: Path, error: Exception) -> str:
+    """Why torch.load refused a file that looks like a checkpoint; code-execution is said only when it is true."""
+    message = str(error)
+    if "Unsupported global" in message:  # torch's weights-only unpickler names what it refused
+        found = re.search(r"GLOBAL (\S+)", message)
+        return _refused([found.group(1)] if found else [])
     if isinstance(error, EOFError):
         return "truncated file (ended in the middle of the data)"
-    if head[:1] == b"\x80":
-        return "refused: a pickle that is not a plain tensor checkpoint"
-    return "not a PyTorch checkpoint (unrecognised content)"
+    if zipfile.is_zipfile(path):
+        return f"damaged or truncated checkpoint archive ({type(error).__name__})"
+    # A bare pickle (not torch.save's layout): read its opcodes, never run them, to say what it holds.
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # pickletools raises ValueError and friends on a cut or corrupt stream
+        return "damaged or truncated pickle"
+    return _refused(names) if names else "a pickle of plain Python data, not a PyTorch checkpoint"
+
+
+def _refused(names: list[str]) -> str:
+    what = f" ({_short(list(dict.fromkeys(names)))})" if names else ""
+    return (f"refused: the pickle references code or types that weights_only=True does not allow{what}; "
+            "it could execute code on load. Only tensors and plain data are accepted")
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
@@ -113,22 +119,16 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     from .model import MLPConfig
 
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(path, "no such file")
-    if path.is_dir():
-        raise CheckpointError(path, "is a directory, expected a checkpoint file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(path, "empty file (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(64)
+    kind = identify(path, CheckpointError, expected="a PyTorch checkpoint")
+    if kind != "checkpoint":
+        raise CheckpointError(path, f"is {MODEL_KINDS[kind]}, not a PyTorch checkpoint (export takes the .pth file)")
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols before refusing a file; the refusal is what we report.
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad input; every one is a user-facing file problem
-        raise CheckpointError(path, _sniff_failure(path, head, e)) from None
+        raise CheckpointError(path, _load_failure(path, e)) from None
     digest = file_sha256(path)
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -180,6 +180,9 @@ def _check_state_dict(loaded: LoadedCheckpoint) -> None:
     if problems:
         raise CheckpointError(loaded.path, f"not a state_dict of the {loaded.config.describe()}: "
                                            + "; ".join(problems))
+    if len(loaded.classes) != loaded.config.num_classes:  # every prediction would carry another class's name
+        raise CheckpointError(loaded.path, f"the network has {loaded.config.num_classes} outputs but the checkpoint's "
+                                           f"class list names {len(loaded.classes)} classes ({_short(loaded.classes)})")
     for k, v in got.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             bad = int((~torch.isfinite(v)).sum())

@@ -1,20 +1,21 @@
 import json
-from pathlib import Path
 
 import click
 
 
 @click.command("inspect")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())  # a folder too: the library says what it is, exit 1
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def command(file, as_json) -> None:
     """Describe a checkpoint (.pth), TorchScript (.pt) or ONNX (.onnx) file.
 
+    What the file is comes from its content, not its suffix; any other file
+    (an image, a text file, a zip of something else...) is named as what it is, exit 1.
     For checkpoints the JSON holds the test accuracy at metrics.test_accuracy (a fraction).
     """
-    from toolkit.inspect import describe_onnx, render_text
+    from toolkit.inspect import describe_onnx, identify, render_text
 
-    if Path(file).suffix.lower() == ".onnx":
+    if identify(file) == "onnx":  # by content: a suffix may lie
         info = describe_onnx(file)
     else:  # checkpoints and TorchScript need torch: the torch side describes them
         from toolkit.export.describe import describe

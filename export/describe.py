@@ -13,6 +13,7 @@ from pathlib import Path
 
 from toolkit.contract import decode_metadata
 from toolkit.inspect import identify
+from toolkit.runtime import check_output_width
 
 from .torchscript_export import load_torchscript
 
@@ -48,6 +49,8 @@ def describe_torchscript(path: Path) -> dict:
     module, meta = load_torchscript(path)
     meta = decode_metadata(meta or {})
     params = dict(module.named_parameters())
+    if "classes" in meta:  # toolkit's layout: the output layer's weight is the last matrix, one row per output
+        check_output_width(path, [p.shape[0] for p in params.values() if p.dim() == 2][-1:], meta["classes"])
     return {
         "file": str(path),
         "kind": "torchscript",

@@ -237,3 +237,18 @@ def test_inspect_refuses_an_onnx_contract_whose_classes_do_not_match(tiny_onnx):
     onnx.save(model, str(tiny_onnx))
     line = one_error_line(run("inspect", tiny_onnx), tiny_onnx)
     assert "the model has 10 outputs but its contract names 2 classes" in line
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit: deprecated, still supported
+def test_inspect_refuses_a_torchscript_contract_whose_classes_do_not_match(tiny_ckpt, tmp_path):
+    import dataclasses
+
+    from toolkit.export.onnx_export import contract_for
+    from toolkit.export.torchscript_export import export_torchscript
+    from toolkit.train.checkpoint import build_model, load_checkpoint
+
+    ck = load_checkpoint(tiny_ckpt)
+    path = tmp_path / "lying.pt"
+    export_torchscript(build_model(ck), path, dataclasses.replace(contract_for(ck, 0), classes=list("abc")))
+    line = one_error_line(run("inspect", path), path)
+    assert "the model has 10 outputs but its contract names 3 classes" in line

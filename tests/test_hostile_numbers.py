@@ -112,6 +112,15 @@ def test_gates_fail_closed_on_nan():
     assert int8_problem(Comparison(format="onnx-int8", test_accuracy=math.nan), 0.9, 0.3) is not None
 
 
+@pytest.mark.parametrize("value", ["18446744073709551616", "-1", "1e3", "nan"])
+def test_train_seed_outside_torchs_range_is_a_usage_error(value, tmp_path, monkeypatch):
+    """Integers have their own not-a-number: a seed torch cannot unpack ended in a traceback after data loading."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["train", "--seed", value])
+    assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- item 5: a training that diverges
 
 def _train(out, *args):

@@ -10,7 +10,8 @@ from .options import FiniteFloat, data_dir_option, force_option
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epoch count.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size.")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Override the recipe's (peak) learning rate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; same seed on CPU gives the same weights.")
+# torch's seed range: beyond it torch.manual_seed raised a traceback once the data was loaded
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="Random seed; same seed on CPU gives the same weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @data_dir_option
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="model.pth", show_default=True,

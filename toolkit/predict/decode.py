@@ -32,10 +32,14 @@ import warnings
 import zlib
 
 import numpy as np
-import pyspng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+
+try:
+    import pyspng
+except ImportError:  # no wheel for this platform (e.g. ARM Linux): Pillow decodes every file
+    pyspng = None
 
 # Pillow's plugin names, most common first (Pillow tries them in this order). The JPEG plugin
 # also opens the multi-picture JPEGs that many phone cameras write (Pillow calls them MPO).
@@ -166,7 +170,7 @@ def _plain_gray_png(data: bytes) -> np.ndarray | None:
     damaged only there is accepted with its intact pixels, where Pillow refuses it.
     """
     # depth 8, colour type 0 (gray), compression 0, filter 0, interlace 0
-    if not data.startswith(_PNG_IHDR) or data[24:29] != b"\x08\x00\x00\x00\x00":
+    if pyspng is None or not data.startswith(_PNG_IHDR) or data[24:29] != b"\x08\x00\x00\x00\x00":
         return None
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:

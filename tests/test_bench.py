@@ -191,7 +191,7 @@ def _check_schema(doc):
         assert r["runs"] == 5 and r["first_run_ms"] > 0 and r["throughput_ips"] > 0
         assert r["throughput_ips"] == pytest.approx(r["batch"] / (lat["mean"] / 1e3))
     for sk in doc["skipped"]:
-        assert set(sk) == {"engine", "provider", "reason"} and sk["engine"] and sk["reason"]
+        assert set(sk) == {"engine", "provider", "reason", "batch_sizes"} and sk["engine"] and sk["reason"]
     peak = doc["peak"]["cpu"]
     assert peak["error"] is None and peak["device"] == "cpu" and peak["gflops_median"] > 0 and peak["gflops_best"] >= peak["gflops_median"]
     assert peak["threads"] == s["threads"] and peak["library"].startswith("numpy")

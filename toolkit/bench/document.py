@@ -73,6 +73,7 @@ class Skipped:
     engine: str
     provider: str | None  # None: the engine could not run anywhere
     reason: str
+    batch_sizes: list[int] | None = None  # None: every batch size; else only these were not measured
 
 
 @dataclass

@@ -48,6 +48,7 @@ class Instance:
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     precision: str | None = None  # what the file's contract says, when it says; else the engine's own label
+    fixed_batch: int | None = None  # the only batch size the model accepts, when its graph fixes one
 
     def cases(self, x: np.ndarray) -> list[Case]:
         raise NotImplementedError

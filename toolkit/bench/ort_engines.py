@@ -35,6 +35,8 @@ class OrtInstance(Instance):
         self.path = path
         self.input = session.get_inputs()[0].name
         self.output = session.get_outputs()[0]
+        first = session.get_inputs()[0].shape[0]
+        self.fixed_batch = first if isinstance(first, int) and first > 0 else None
         self._graph_sessions = []
 
     def cases(self, x: np.ndarray) -> list[Case]:

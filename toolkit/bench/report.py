@@ -79,6 +79,7 @@ def render(doc: BenchReport) -> str:
             frac += f" ({r.precision}: float-equivalent operations against a float32 peak)"
         out.append(f"roofline  {r.engine} on {r.provider} at batch {r.batch}: {r.gflops_p50:.1f} GFLOP/s at p50{frac}")
     for s in doc.skipped:
-        out.append(f"skipped   {s.engine}{f' on {s.provider}' if s.provider else ''}: {s.reason}")
+        sizes = f" at batch {', '.join(map(str, s.batch_sizes))}" if s.batch_sizes else ""
+        out.append(f"skipped   {s.engine}{f' on {s.provider}' if s.provider else ''}{sizes}: {s.reason}")
     out.extend(f"note      {n}" for n in doc.notes)
     return "\n".join(out)

@@ -14,8 +14,8 @@ import numpy as np
 
 from .. import __version__, runtime
 from ..atomic import file_sha256
-from ..errors import ModelError, ProviderUnavailable
-from ..machine import environment, gpu_info, physical_cores
+from ..errors import EXIT_USAGE, ModelError, ProviderUnavailable, ToolkitError
+from ..machine import available_memory, environment, gpu_info, physical_cores
 from ..timing import measure, summarize
 from .document import BenchReport, EngineRun, ModelInfo, ResultRow, RunSettings, Skipped, roofline
 from .engine import Engine, EngineUnavailable
@@ -25,6 +25,12 @@ from .peak import Peak, cpu_peak
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 DEFAULT_DURATION = 0.5
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "all")
+
+
+class BatchTooLarge(ToolkitError):
+    """A batch size whose arrays cannot fit in the memory this machine has free."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass
@@ -72,6 +78,28 @@ def _inputs(contract, batch: int, seed: int) -> np.ndarray:
     spec = contract.preprocess
     pixels = np.random.default_rng(seed).integers(0, 256, size=(batch, spec.height, spec.width), dtype=np.uint8)
     return np.ascontiguousarray(spec.normalize(pixels))
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
+
+
+def check_memory(contract, batch: int, engines: int, available: int | None = None) -> None:
+    """Refuse, before allocating, a batch whose arrays would not fit in the memory that is free.
+
+    Needed: the random uint8 pixels and their float32 input (made once), then per engine its input
+    and output arrays, doubled as the margin for the engine's own copies and intermediate activations.
+    """
+    available = available_memory() if available is None else available
+    if available is None:
+        return  # cannot tell on this platform: let the allocation decide
+    pixels = batch * int(np.prod(contract.input_shape[1:]))
+    inputs, outputs = pixels * 4, batch * len(contract.classes) * 4
+    need = pixels + inputs + 2 * max(1, engines) * (inputs + outputs)
+    if need > available:
+        raise BatchTooLarge(f"batch size {batch} needs about {_gb(need)} of memory (input {_gb(inputs)}, "
+                            f"output {_gb(outputs)} per engine, {max(1, engines)} engine(s), with margin), "
+                            f"but {_gb(available)} is available")
 
 
 def _select(settings: BenchSettings, engines: Mapping[str, type[Engine]], skipped: list[Skipped]) -> list[Engine]:
@@ -139,8 +167,12 @@ def _peak(provider: str, threads: int, measure_peak: Callable[[int], Peak] | Non
 
 
 def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads: int, duration: float | None,
-                data: np.ndarray, batches: list[int], results: list[ResultRow], bar) -> EngineRun:
-    """Open one engine on one provider and time every case at every batch size into ``results``."""
+                data: Callable[[int], np.ndarray], batches: list[int], report: BenchReport, bar) -> EngineRun:
+    """Open one engine on one provider and time every case at every batch size into ``report.results``.
+
+    A graph exported with a fixed batch dimension is timed at that size only: N images run as
+    chunks of it would be another measurement than "batch N", so the other sizes are listed as skipped.
+    """
     t0 = time.perf_counter()
     engine.prepare()
     import_s = time.perf_counter() - t0
@@ -148,15 +180,22 @@ def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads:
     instance = engine.open(provider, threads, {"cuda_graph": settings.cuda_graph})
     create_s = time.perf_counter() - t0
     precision = instance.precision or engine.precision
+    fixed = instance.fixed_batch
+    if fixed is not None and batches != [fixed]:
+        others = [b for b in batches if b != fixed]
+        report.skipped.append(Skipped(engine.name, provider, f"the graph's batch dimension is fixed at {fixed}: "
+                                      f"timed at batch {fixed} only", batch_sizes=others))
+        bar.update(len(others))
+        batches = [fixed]
     try:
         with instance.context():
             for batch in batches:
-                x = data[:batch]
+                x = data(batch)
                 for case in instance.cases(x):
                     first, times = measure(case.fn, warmup=settings.warmup, runs=settings.runs, duration=duration,
                                            min_runs=settings.min_runs)
                     stats = summarize(times, batch)
-                    results.append(ResultRow(engine.name, provider, precision, batch, case.mode, first * 1e3,
+                    report.results.append(ResultRow(engine.name, provider, precision, batch, case.mode, first * 1e3,
                                              stats.runs, stats.latency_ms, stats.throughput_ips, case.nbytes))
                 bar.update(1)
     finally:
@@ -192,10 +231,18 @@ def run_bench(settings: BenchSettings, engines: Mapping[str, type[Engine]],
     selected = _select(settings, engines, report.skipped)
     providers = report.settings.providers = _providers(settings, threads, report.notes)
     plan = _plan(settings, selected, providers, threads, report.skipped)
+    check_memory(contract, max(batches), len(plan))
     if settings.peak:
         report.peak = {p: _peak(p, threads, peaks.get(p)) for p in dict.fromkeys(p for p, _ in plan)}
 
     data = _inputs(contract, max(batches), settings.seed)
+
+    def inputs(batch: int) -> np.ndarray:
+        if batch > len(data):  # an engine's fixed batch larger than every size asked for
+            check_memory(contract, batch, 1)
+            return _inputs(contract, batch, settings.seed)
+        return data[:batch]
+
     from tqdm import tqdm
 
     bar = tqdm(total=len(plan) * len(batches), desc="bench", unit="case", file=sys.stderr, leave=False,
@@ -204,8 +251,8 @@ def run_bench(settings: BenchSettings, engines: Mapping[str, type[Engine]],
         for provider, engine in plan:
             bar.set_postfix_str(f"{engine.name} on {provider}", refresh=True)
             try:
-                report.engines.append(_run_engine(engine, provider, settings, threads, duration, data, batches,
-                                                  report.results, bar))
+                report.engines.append(_run_engine(engine, provider, settings, threads, duration, inputs, batches,
+                                                  report, bar))
             except (ProviderUnavailable, EngineUnavailable) as e:
                 if settings.engines is not None:
                     raise

@@ -80,6 +80,19 @@ class PreprocessSpec:
 
 MNIST = PreprocessSpec()
 
+# Gray levels below this (3% of full scale) above the background are not ink.
+INK_MIN = 8
+
+
+def is_blank(pixels: np.ndarray) -> np.ndarray | bool:
+    """Model pixels (H, W) or (N, H, W) in which the preprocessing found no ink: nothing to classify.
+
+    ``to_model_pixels`` returns an all-dark canvas for an image with no ink (white, black, uniform,
+    1x1, fully transparent, faint noise); an MNIST-formatted image is blank when it is that dark itself.
+    """
+    a = np.asarray(pixels)
+    return a.reshape(-1, a.shape[-2] * a.shape[-1]).max(axis=1) < INK_MIN if a.ndim == 3 else bool(a.max() < INK_MIN)
+
 
 # ---------------------------------------------------------------- any image -> MNIST format
 
@@ -109,7 +122,7 @@ def to_model_pixels(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> np.ndarra
         20x20 keeping its aspect ratio (anti-aliased); the result is placed in a
         28x28 canvas so that its centre of mass sits at (14, 14), where MNIST's
         own digits have theirs (for other model sizes, box and centre scale alike).
-    An image with no ink at all becomes an all-dark canvas.
+    An image with no ink at all becomes an all-dark canvas (``is_blank`` says so).
     """
     gray = np.asarray(gray)
     if gray.dtype != np.uint8 or gray.ndim != 2:
@@ -129,7 +142,7 @@ def to_model_pixels(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> np.ndarra
     img = np.clip(img - (bg + 3.0 * noise), 0, None)
     peak = float(img.max())
     canvas = np.zeros((spec.height, spec.width), dtype=np.uint8)
-    if peak < 8:  # nothing but background (noise below 3% of full scale)
+    if peak < INK_MIN:  # nothing but background
         return canvas
     img *= 255.0 / peak
     ink = img > 0.1 * 255.0  # ignore faint noise when finding the digit's extent

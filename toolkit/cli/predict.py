@@ -11,6 +11,10 @@ Preprocessing (from the model's metadata; same module as train/export):
   is inverted; background and its noise removed, contrast stretched;
   the ink's bounding box scaled to fit 20x20 (aspect kept); centre of
   mass placed at (14, 14) in 28x28, as in MNIST.
+  An image with no ink (blank, uniform, 1x1, transparent, faint noise) is
+  reported as blank: no label, never a class (column blank in --output).
+  Images over 4 megapixels are reduced while decoding; one whose decoded
+  pixels would exceed 200 MiB is skipped with its size.
 
 \b
 Accepted: PNG, JPEG, BMP, GIF (first frame), WebP, TIFF. In folders only
@@ -49,14 +53,15 @@ def _check_png(ctx, param, value):
               help="Images per ONNX Runtime call.")
 @click.option("--output", "-o", metavar="FILE", callback=_check_output,
               help="Write one row per image to FILE.csv or FILE.jsonl: path, label, confidence, expected "
-                   "(folder label or empty), then the top-k labels with probabilities.")
+                   "(folder label or empty), blank (true: no ink, no label), then the top-k labels with probabilities.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of the most likely labels to report (capped at the number of classes).")
 @click.option("--confusion", metavar="FILE.png", callback=_check_png,
               help="Write the confusion matrix of labelled images to this PNG "
                    "(default with --output: NAME.confusion.png beside it).")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",
-              help="Decoding processes. Default: one per CPU core when there are many images; 0 decodes in this process.")
+              help="Decoding processes. Default: one per CPU core when there are many images; 0 decodes in this "
+                   "process; at most four per usable CPU (more is capped, with a notice).")
 @force_option
 @click.pass_context
 def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, force) -> None:

@@ -16,6 +16,13 @@ with plain Pillow.
   drawn on a transparent canvas stays visible whichever colour it was drawn in.
 * 16/32-bit integer images are scaled from 0..65535 to 0..255; float images from
   0..1 (or clipped to 0..255 when their values exceed 1).
+* Memory: the digit ends up 20x20 pixels, so large images are reduced. JPEGs decode at a reduced
+  DCT scale (draft mode); other images of more than ``REDUCE_ABOVE`` pixels are box-averaged by an
+  integer factor while they are converted to gray, one band of rows at a time, so no full-size copy
+  exists besides Pillow's decoded pixels. Those are bounded too: an image whose decoded pixels would
+  take more than ``DECODE_BUDGET`` bytes is refused before decoding (Pillow stores RGB, RGBA, CMYK
+  and 32-bit pixels in 4 bytes, 16-bit in 2, gray and palette in 1; WebP's decoder holds its own
+  buffers, 12 bytes more). Peak memory of one decode therefore stays near the budget plus the interpreter's own.
 
 The dominant input, a small plain 8-bit gray PNG (what MNIST exports look like), is
 decoded by libspng (pyspng, 0.4 MB installed): Pillow's PNG plugin spends five times as long
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import warnings
 import zlib
@@ -58,6 +66,13 @@ _ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"
 _WHOLE_READ = 256 * 1024
 # Large JPEGs are decoded at a reduced DCT scale: the digit ends up 20x20 pixels anyway.
 _JPEG_DRAFT_SIZE = (1024, 1024)
+# Larger images are box-averaged to about a million pixels (a factor of 2 or more) while turned gray.
+REDUCE_ABOVE = 4 << 20
+_REDUCED_PIXELS = 1 << 20
+_BAND_PIXELS = 1 << 18  # pixels converted at a time while reducing
+# Decoded pixels one image may take: with the interpreter, numpy and Pillow (~40-60 MB) a decoding
+# worker stays under 300 MB for any image.
+DECODE_BUDGET = 200 << 20
 
 # Recognised-but-refused formats, so the message says what the file is rather than "unknown".
 _REFUSED_MAGIC = (
@@ -116,8 +131,11 @@ def read_gray_unguarded(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(path, f"cannot read ({e.strerror or e})") from None
 
 
-def to_gray(im: Image.Image) -> np.ndarray:
-    """An opened Pillow image (any mode) -> 2-D uint8 gray levels, transparency composited."""
+def to_gray(im: Image.Image, unit_floats: bool | None = None) -> np.ndarray:
+    """An opened Pillow image (any mode) -> 2-D uint8 gray levels, transparency composited.
+
+    ``unit_floats``: whether a float image's values are 0..1 (default: judged from this image's maximum).
+    """
     mode = im.mode
     if mode == "L" and "transparency" not in im.info:
         # tobytes, not np.asarray: the array interface costs a quarter of decoding a small PNG.
@@ -128,12 +146,12 @@ def to_gray(im: Image.Image) -> np.ndarray:
     if mode == "F":
         a = np.asarray(im, dtype=np.float64)
         a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
-        a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        unit = (a.size and a.max() <= 1.0) if unit_floats is None else unit_floats
+        a = a * 255.0 if unit else a
         return np.rint(np.clip(a, 0, 255)).astype(np.uint8)
     if mode == "1":
         return np.asarray(im.convert("L"), dtype=np.uint8)
-    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
-    if has_alpha:
+    if _has_alpha(im):
         rgba = im.convert("RGBA")
         gray = np.asarray(rgba.convert("L"), dtype=np.float32)
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
@@ -144,15 +162,69 @@ def to_gray(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8)
 
 
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+
+
 def _composite(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Put the visible content on a background of the opposite brightness."""
+    return _composite_premultiplied(gray * alpha, alpha)
+
+
+def _composite_premultiplied(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``_composite`` of gray levels already multiplied by their alpha (0..1)."""
     weight = float(alpha.sum())
     if weight == 0:  # fully transparent: nothing to see
-        return np.zeros(gray.shape, dtype=np.uint8)
-    visible_mean = float((gray * alpha).sum()) / weight
+        return np.zeros(alpha.shape, dtype=np.uint8)
+    visible_mean = float(premultiplied.sum()) / weight
     background = 255.0 if visible_mean < 128 else 0.0
-    out = gray * alpha + background * (1.0 - alpha)
+    out = premultiplied + background * (1.0 - alpha)
     return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+def _stored_bytes(im: Image.Image) -> int:
+    """Bytes per pixel of Pillow's decoded image (RGB takes 4), plus WebP's decoder buffers (measured: 12)."""
+    per_pixel = 1 if im.mode in ("1", "L", "P") else 2 if im.mode.startswith("I;16") else 4
+    return per_pixel + (12 if im.format == "WEBP" else 0)
+
+
+def _box_mean(a: np.ndarray, factor: int) -> np.ndarray:
+    h, w = a.shape
+    return a.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _reduced_gray(im: Image.Image, factor: int) -> np.ndarray:
+    """``to_gray`` of a large loaded image, box-averaged over ``factor`` x ``factor`` pixels.
+
+    Converted one band of rows at a time: a full-size gray, alpha or float copy would cost more than
+    the decoded image. Edge rows and columns short of a whole box are dropped (under ``factor`` pixels).
+    """
+    w, h = im.width // factor * factor, im.height // factor * factor
+    step = factor * max(1, _BAND_PIXELS // (w * factor))
+    alpha = _has_alpha(im)
+    unit = im.getextrema()[1] <= 1.0 if im.mode == "F" else None  # one rule for the whole image
+    gray_rows, alpha_rows = [], []
+    for top in range(0, h, step):
+        band = im.crop((0, top, w, min(top + step, h)))
+        if alpha:
+            rgba = band.convert("RGBA")
+            a = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+            alpha_rows.append(_box_mean(a, factor))
+            gray_rows.append(_box_mean(np.asarray(rgba.convert("L"), dtype=np.float32) * a, factor))
+        else:
+            gray_rows.append(_box_mean(to_gray(band, unit), factor))
+    gray = np.concatenate(gray_rows)
+    if alpha:
+        return _composite_premultiplied(gray, np.concatenate(alpha_rows))
+    return np.rint(gray).astype(np.uint8)
+
+
+def _oriented(gray: np.ndarray, im: Image.Image) -> np.ndarray:
+    """Apply ``im``'s EXIF orientation to gray levels computed from it."""
+    small = Image.fromarray(gray)
+    small.info["exif"] = im.getexif().tobytes()
+    _apply_orientation(small)
+    return np.asarray(small)
 
 
 # Signature, then the IHDR chunk, which the PNG standard puts first.
@@ -202,12 +274,23 @@ def _decode(fp, path) -> np.ndarray:
         raise ImageError(path, f"damaged image header ({_describe(e)})") from None
     with im:
         try:
-            if im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L") and max(im.size) > max(_JPEG_DRAFT_SIZE):
-                im.draft("L", _JPEG_DRAFT_SIZE)
+            if im.format in ("JPEG", "MPO") and max(im.size) > max(_JPEG_DRAFT_SIZE):
+                im.draft("L" if im.mode in ("RGB", "L") else None, _JPEG_DRAFT_SIZE)
+            need = im.width * im.height * _stored_bytes(im)
+            if need > DECODE_BUDGET:
+                raise ImageError(path, f"too large to decode: {im.width}x{im.height} {im.mode} takes "
+                                       f"{need / 2**20:,.0f} MiB decoded, over the {DECODE_BUDGET >> 20} MiB a "
+                                       "decoding process may use; save it smaller (the digit is read at 20x20)")
             im.load()
-            if im.format in _EXIF_FORMATS and (im.format == "TIFF" or any(k in im.info for k in _ORIENTATION_KEYS)):
+            oriented = im.format in _EXIF_FORMATS and (im.format == "TIFF" or any(k in im.info for k in _ORIENTATION_KEYS))
+            if im.width * im.height > REDUCE_ABOVE:
+                gray = _reduced_gray(im, math.isqrt(im.width * im.height // _REDUCED_PIXELS))
+                return _oriented(gray, im) if oriented else gray
+            if oriented:
                 _apply_orientation(im)
             return to_gray(im)
+        except ImageError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(path, _bomb_reason()) from None
         except MemoryError:

@@ -43,7 +43,7 @@ def check_output(path, *, force: bool) -> Path:
 
 
 def csv_header(top_k: int) -> list[str]:
-    cols = ["path", "label", "confidence", "expected"]
+    cols = ["path", "label", "confidence", "expected", "blank"]
     for i in range(1, top_k + 1):
         cols += [f"top{i}_label", f"top{i}_prob"]
     return cols
@@ -64,24 +64,31 @@ class ResultWriter:
         if fmt == "csv":
             self._emit(_csv_text([csv_header(top_k)]))
 
-    def write(self, paths: list[str], expected: list[str | None], probs: np.ndarray, top: np.ndarray) -> None:
+    def write(self, paths: list[str], expected: list[str | None], probs: np.ndarray, top: np.ndarray,
+              blank: np.ndarray) -> None:
+        """``blank[i]``: no ink in image i, so its row has no label, confidence or top-k (and blank true)."""
         classes = self.classes
         # Python lists: indexing numpy arrays element by element costs more than the formatting.
-        top_rows, prob_rows = top.tolist(), probs.tolist()
+        top_rows, prob_rows, blank_rows = top.tolist(), probs.tolist(), blank.tolist()
         if self.format == "csv":
             rows = []
-            for path, exp, best, p in zip(paths, expected, top_rows, prob_rows):
-                row = [path, classes[best[0]], f"{p[best[0]]:.6f}", exp or ""]
+            for path, exp, best, p, empty in zip(paths, expected, top_rows, prob_rows, blank_rows):
+                if empty:
+                    rows.append([path, "", "", exp or "", "true"] + [""] * (2 * len(best)))
+                    continue
+                row = [path, classes[best[0]], f"{p[best[0]]:.6f}", exp or "", "false"]
                 for j in best:
                     row += (classes[j], f"{p[j]:.6f}")
                 rows.append(row)
             text = _csv_text(rows)
         else:
             lines = []
-            for path, exp, best, p in zip(paths, expected, top_rows, prob_rows):
+            for path, exp, best, p, empty in zip(paths, expected, top_rows, prob_rows, blank_rows):
                 lines.append(json.dumps({
+                    "path": path, "label": None, "confidence": None, "expected": exp, "blank": True, "top_k": [],
+                } if empty else {
                     "path": path, "label": classes[best[0]], "confidence": round(p[best[0]], 6), "expected": exp,
-                    "top_k": [{"label": classes[j], "probability": round(p[j], 6)} for j in best],
+                    "blank": False, "top_k": [{"label": classes[j], "probability": round(p[j], 6)} for j in best],
                 }))
             text = "\n".join(lines) + "\n" if lines else ""
         self._emit(text)

@@ -39,7 +39,7 @@ import numpy as np
 from ..atomic import atomic_file, check_writable
 from ..errors import EXIT_OK, EXIT_PARTIAL, ImageError, ToolkitError
 from ..machine import usable_cpus
-from ..preprocess import MNIST, PreprocessSpec, to_model_pixels
+from ..preprocess import MNIST, PreprocessSpec, is_blank, to_model_pixels
 from ..runtime import softmax
 from .decode import bombs_refused, decode_gray, read_gray, read_gray_unguarded, to_gray
 from .inputs import collect
@@ -49,6 +49,8 @@ DEFAULT_BATCH_SIZE = 256
 # Below this many files, decoding in this process beats starting worker processes.
 POOL_MIN_FILES = 512
 MAX_CHUNK = 256
+# More decoding processes than this many per usable CPU only contend for the same cores (and memory).
+WORKERS_PER_CPU = 4
 
 
 class NoImages(ToolkitError):
@@ -91,6 +93,7 @@ def prepare(image, spec: PreprocessSpec = MNIST) -> np.ndarray:
 @dataclass
 class Summary:
     images: int = 0
+    blank: int = 0  # of ``images``: no ink found, so no label (never counted in the confusion matrix)
     skipped: int = 0
     ignored: int = 0
     seconds: float = 0.0
@@ -132,7 +135,9 @@ class Reporter:
 
     def skipped(self, path: str, reason: str) -> None: ...
 
-    def predicted(self, paths: list[str], expected: list, probs: np.ndarray, top: np.ndarray) -> None: ...
+    def predicted(self, paths: list[str], expected: list, probs: np.ndarray, top: np.ndarray,
+                  blank: np.ndarray) -> None:
+        """``blank[i]``: image i has no ink; its ``probs``/``top`` row is no prediction and must not be shown as one."""
 
     def advance(self, files_done: int) -> None: ...
 
@@ -310,6 +315,11 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
                        + (f" ({len(inputs.ignored)} non-image file(s) ignored)" if inputs.ignored else ""))
     if workers is None:
         workers = usable_cpus() if len(files) >= POOL_MIN_FILES else 0
+    elif workers > WORKERS_PER_CPU * usable_cpus():
+        cap = WORKERS_PER_CPU * usable_cpus()
+        reporter.notice(f"--workers {workers} capped at {cap} ({WORKERS_PER_CPU} per usable CPU, {usable_cpus()} "
+                        "usable): more decoding processes only contend for the same cores")
+        workers = cap
     with contextlib.ExitStack() as stack:
         pool = decoder = None
         if workers > 0 and len(files) > 1:
@@ -379,13 +389,15 @@ def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, repo
         top = top_k_indices(probs, top_k)
         paths = [files[i] for i in picked]
         expected = [labels[i] for i in picked]
-        labelled = [i for i, e in enumerate(expected) if e is not None]
+        blank = is_blank(pixels)
+        labelled = [i for i, e in enumerate(expected) if e is not None and not blank[i]]
         if labelled:
             np.add.at(summary.confusion, ([index[expected[i]] for i in labelled], top[labelled, 0]), 1)
         if writer:
-            writer.write(paths, expected, probs, top)
+            writer.write(paths, expected, probs, top, blank)
         summary.images += len(paths)
-        reporter.predicted(paths, expected, probs, top)
+        summary.blank += int(blank.sum())
+        reporter.predicted(paths, expected, probs, top, blank)
 
     pending: list[int] = []  # file indices decoded but not yet predicted
     pending_pixels: list[np.ndarray] = []

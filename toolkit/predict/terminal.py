@@ -57,12 +57,18 @@ class TerminalReporter(Reporter):
     def skipped(self, path, reason) -> None:
         self._err(f"skipped {path}: {reason}")
 
-    def predicted(self, paths, expected, probs, top) -> None:
+    def predicted(self, paths, expected, probs, top, blank) -> None:
         if not self.table:
             return
         for i, path in enumerate(paths):
             best = top[i, 0]
             shown = path if len(path) <= self.path_width else "..." + path[-(self.path_width - 3):]
+            if blank[i]:  # no ink: no label, no confidence, no top-k
+                line = f"{shown:<{self.path_width}}  {'blank':>5}  {'':>10}"
+                if self.labelled_any:
+                    line += f"  {'' if expected[i] is None else expected[i] + ' -':<8}"
+                click.echo(line.rstrip())
+                continue
             line = f"{shown:<{self.path_width}}  {self.classes[best]:>5}  {probs[i, best]:>10.4f}"
             if self.labelled_any:
                 mark = "" if expected[i] is None else (expected[i] + (" ok" if expected[i] == self.classes[best] else " WRONG"))
@@ -93,6 +99,9 @@ def summary_lines(s: Summary) -> list[str]:
     rate = f"{s.images_per_second:,.0f} images/s" if s.seconds > 0 else "-"
     lines = [f"{s.images} image(s) predicted, {s.skipped} skipped, {s.seconds:.2f} s ({rate}), provider {s.provider}"
              + (" (interrupted)" if s.interrupted else "")]
+    if s.blank:
+        lines.append(f"{s.blank} blank image(s): no ink found, so no label (column blank in --output; "
+                     "not counted in the accuracy)")
     if s.ignored:
         lines.append(f"{s.ignored} non-image file(s) in the folders ignored (names without an image suffix)")
     if s.accuracy is not None:

@@ -284,6 +284,27 @@ def test_reduced_decode_matches_a_full_size_decode(tmp_path, kind):
     assert not is_blank(a) and np.abs(a - b).mean() < 3 and np.abs(a - b).max() <= 64
 
 
+def test_reduced_decode_keeps_the_exif_orientation(tmp_path):
+    base = _digit_canvas(2100, 2200)
+    ImageDraw.Draw(base).rectangle([200, 300, 1800, 500], fill=0)  # asymmetric: a wrong turn would show
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.png"
+    base.save(path, exif=exif.tobytes())
+    expected = np.asarray(base.transpose(Image.Transpose.ROTATE_270).reduce(2))
+    got = read_gray(path)
+    assert got.shape == expected.shape == (1050, 1100) and np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_large_cmyk_jpeg_is_drafted_too(tmp_path):
+    im = Image.new("CMYK", (3000, 2500), (0, 0, 0, 0))
+    ImageDraw.Draw(im).rectangle([1400, 500, 1600, 2000], fill=(0, 0, 0, 255))
+    path = tmp_path / "cmyk.jpg"
+    im.save(path)
+    gray = read_gray(path)
+    assert max(gray.shape) < 3000 and not is_blank(to_model_pixels(gray))
+
+
 def test_images_below_the_reduction_threshold_decode_at_full_size(tmp_path):
     path = tmp_path / "a.png"
     _digit_canvas(2000, 2000).convert("RGB").save(path)

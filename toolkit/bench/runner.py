@@ -185,7 +185,7 @@ def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads:
         others = [b for b in batches if b != fixed]
         report.skipped.append(Skipped(engine.name, provider, f"the graph's batch dimension is fixed at {fixed}: "
                                       f"timed at batch {fixed} only", batch_sizes=others))
-        bar.update(len(others))
+        bar.update(len(batches) - 1)  # the one size timed advances it below
         batches = [fixed]
     try:
         with instance.context():

@@ -6,6 +6,7 @@ Nothing heavy is imported here: `toolkit --help` and `toolkit predict` never loa
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -33,6 +34,9 @@ class ToolkitGroup(click.Group):
                        "install the training extra: pip install 'toolkit[train]'", err=True)
             ctx.exit(EXIT_UNAVAILABLE)
         except KeyboardInterrupt:
+            # First, before any Python code can run a handler: the command is ending, and one more Ctrl-C in
+            # the interpreter's shutdown would print a traceback. (predict handles its own interrupts.)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             click.echo("toolkit: interrupted (no partially written file is left behind)", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 

@@ -1,3 +1,5 @@
+import signal
+
 import click
 
 from ..errors import EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE
@@ -29,8 +31,14 @@ to --confusion, or beside --output as NAME.confusion.png.
     EXIT_ERROR: "unusable model or output path, or no image files at all",
     EXIT_PARTIAL: "finished, but some files were skipped (each is listed with its reason)",
     EXIT_UNAVAILABLE: "--provider cuda requested but CUDA cannot be used",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C): --output keeps every row written so far",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM, SIGHUP): --output keeps every row written so far",
 }, omit=(EXIT_GATE,))
+
+
+def ignore_stop_signals() -> None:
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _check_output(ctx, param, value):
@@ -78,8 +86,13 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
         summary = predict_paths(paths, model=model, provider=provider, batch_size=batch_size, top_k=top_k,
                                 output=output, confusion=confusion, force=force, workers=workers,
                                 reporter=TerminalReporter())
-    except PredictInterrupted:
-        click.echo("toolkit: interrupted; results written so far are kept", err=True)
+    except KeyboardInterrupt as e:  # PredictInterrupted, or one more signal that came while it was on its way
+        # First, before any Python code can run a handler: the run is over and its rows are safe; more signals
+        # have nothing left to stop, and one landing in the interpreter's shutdown would print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_stop_signals()
+        stopped = next((x for x in (e, e.__context__) if isinstance(x, PredictInterrupted)), None)
+        click.echo(f"toolkit: {stopped or 'interrupted'}", err=True)
         ctx.exit(EXIT_INTERRUPTED)
     if summary.exit_code:
         ctx.exit(summary.exit_code)

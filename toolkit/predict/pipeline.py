@@ -7,6 +7,11 @@ the number of images. The main process assembles batches, runs ONNX Runtime and
 writes rows as they come, in input order. Small runs decode in-process: starting
 workers costs more than it saves.
 
+Ending: the workers belong to the run and are killed, never waited for, however it ends
+(finished, an error, Ctrl-C/SIGTERM/SIGHUP, a worker lost): waiting on a worker is how a run
+hangs. A worker whose parent is killed outright (SIGKILL, no cleanup) dies with it (Linux's
+PR_SET_PDEATHSIG). Rows already written are kept when a signal or a lost worker ends the run.
+
 Start-up order: the workers are forked first, while this process has no onnxruntime
 threads (forking a process that runs ORT's thread pools is not safe), and start decoding
 at once; then ORT is imported, the session built and its contract read through ORT's
@@ -30,7 +35,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +62,11 @@ class NoImages(ToolkitError):
 
 
 class WorkerDied(ToolkitError):
-    """A decoding worker process ended abnormally."""
+    """A decoding worker process ended abnormally; the rows predicted before its chunk are kept (``summary``)."""
+
+    def __init__(self, message: str, start: int, summary: "Summary | None" = None):
+        super().__init__(message)
+        self.start, self.summary = start, summary
 
 
 class PredictInterrupted(KeyboardInterrupt):
@@ -67,6 +75,12 @@ class PredictInterrupted(KeyboardInterrupt):
     def __init__(self, summary: "Summary"):
         super().__init__()
         self.summary = summary
+
+    def __str__(self) -> str:
+        s = self.summary
+        if s.output is not None:
+            return f"interrupted; {s.rows_written} complete row(s) kept in {s.output}"
+        return f"interrupted after {s.images} image(s); no --output file was asked for"
 
 
 # ---------------------------------------------------------------- one image
@@ -147,30 +161,22 @@ class Reporter:
 # ---------------------------------------------------------------- decoding workers
 
 # In a worker: the parent's announcement of the model's preprocessing (an Event, and the spec's
-# JSON in shared memory; empty when the run was abandoned before the session opened).
+# JSON in shared memory).
 _announced = None
-
-
-def _worker_init(announced) -> None:
-    global _announced
-    _announced = announced
-    # Ctrl-C reaches the whole process group; only the parent decides what happens then.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _announced_spec(wait: bool) -> PreprocessSpec | None:
     spec_ready, spec_json = _announced
-    if not spec_ready.wait(None if wait else 0) or not spec_json.value:
+    if not spec_ready.wait(None if wait else 0):
         return None
     return PreprocessSpec.from_dict(json.loads(spec_json.value))
 
 
 def _decode_chunk(paths: list[str], spec: PreprocessSpec | None):
-    """Runs in a worker: (indices decoded, their pixels as bytes, [(index, reason)] for the rest).
+    """(indices decoded, their pixels as bytes, [(index, reason)] for the rest).
 
-    ``spec`` None: decode now, normalise once the parent announces the spec; only the images
-    decoded while its session opens wait as gray levels.
+    ``spec`` None (in a worker): decode now, normalise once the parent announces the spec; only
+    the images decoded while its session opens wait as gray levels.
     """
     ok: list[int] = []
     pixels: list[np.ndarray] = []
@@ -187,10 +193,7 @@ def _decode_chunk(paths: list[str], spec: PreprocessSpec | None):
             spec = spec or _announced_spec(wait=False)
             if spec is not None:
                 _normalise(held, spec, ok, pixels, bad)
-    spec = spec or _announced_spec(wait=True)
-    if spec is None:
-        return [], b"", []  # the run was abandoned before its session opened
-    _normalise(held, spec, ok, pixels, bad)
+    _normalise(held, spec or _announced_spec(wait=True), ok, pixels, bad)
     return ok, b"".join(p.tobytes() for p in pixels), sorted(bad)
 
 
@@ -205,82 +208,162 @@ def _normalise(held, spec, ok, pixels, bad) -> None:
     held.clear()
 
 
-def _start_pool(workers: int):
-    # A ProcessPoolExecutor rather than multiprocessing.Pool: when a worker dies (killed, out of
-    # memory) its futures fail with BrokenProcessPool instead of waiting forever.
-    from concurrent.futures import ProcessPoolExecutor
+def _worker(files, tasks, results, announced, parent: int) -> None:
+    """A decoding process: reads (start, stop) chunks of ``files`` from ``tasks`` until told to stop."""
+    global _announced
+    _announced = announced
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    # fork is cheap and needs no re-import; elsewhere (Windows, macOS) spawn is the safe default.
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    announced = ctx.Event(), ctx.Array("c", 1 << 16)  # a spec's JSON takes a few hundred bytes
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(announced,))
-    return pool, announced
+        # A parent killed by SIGKILL runs no cleanup: the kernel then kills this worker too.
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG from <linux/prctl.h>
+    if os.getppid() != parent:  # the parent died before that took effect
+        os._exit(1)
+    # Ctrl-C and a hangup reach the whole process group; only the parent decides what happens then.
+    for name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _Stop.SIGNALS)  # blocked by the parent around the fork
+    try:
+        while (task := tasks.recv()) is not None:
+            results.send(_decode_chunk(files[task[0]:task[1]], None))
+    except (EOFError, OSError):  # the parent is gone or stopped reading
+        pass
 
 
-class _ChunkDecoder:
-    """Decodes ``files`` in chunks, in order; with a pool, submission starts at construction."""
+class _Decoder:
+    """Decodes ``files`` in chunks, yielded in file order: in worker processes, or here when ``workers`` is 0.
 
-    def __init__(self, files: list[str], spec: PreprocessSpec | None, pool, workers: int):
-        self.files, self.spec, self.pool = files, spec, pool
-        self.size = max(8, min(MAX_CHUNK, math.ceil(len(files) / max(1, workers * 4))))
-        self.starts = iter(range(0, len(files), self.size))
-        self.pending: deque = deque()
-        if pool is not None:
-            # Enough chunks to keep every worker busy (also while the main process is still loading
-            # the model), few enough that memory stays bounded whatever the number of images.
-            for _ in range(workers * 4):
-                if not self._submit():
-                    break
+    The workers belong to this run alone: each gets its chunks round-robin through its own pipe
+    (a chunk is two indices: forked workers already hold the file list) and answers through
+    another, at most AHEAD chunks each in flight, so memory stays bounded whatever the number of
+    images. ``close`` kills them: never waiting for a worker is what keeps an interrupted run, or
+    one whose worker died, from hanging. A worker the parent loses (SIGKILL) dies with it.
+    """
 
-    def _submit(self) -> bool:
-        start = next(self.starts, None)
-        if start is None:
-            return False
-        chunk = self.files[start:start + self.size]
-        self.pending.append((start, self.pool.submit(_decode_chunk, chunk, self.spec)))
-        return True
+    AHEAD = 4
+
+    def __init__(self, files: list[str], workers: int):
+        self.files, self.spec = files, None
+        self.size = max(8, min(MAX_CHUNK, math.ceil(len(files) / max(1, workers * self.AHEAD))))
+        self.starts = range(0, len(files), self.size)
+        self.workers: list[tuple] = []  # (process, task sender, result receiver)
+        if workers == 0:
+            return
+        # fork is cheap and needs no re-import; elsewhere (Windows, macOS) spawn is the safe default.
+        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.spec_ready, self.spec_json = ctx.Event(), ctx.Array("c", 1 << 16)  # a spec's JSON: a few hundred bytes
+        import ctypes  # noqa: F401  (imported once here rather than in every forked worker)
+
+        # Blocked while forking: a forked child runs the parent's signal handlers (and would print
+        # the parent's stack in a traceback) until _worker has set its own.
+        masked = signal.pthread_sigmask(signal.SIG_BLOCK, _Stop.SIGNALS) if hasattr(signal, "pthread_sigmask") else None
+        try:
+            for _ in range(workers):
+                task_recv, task_send = ctx.Pipe(duplex=False)
+                result_recv, result_send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, daemon=True, args=(
+                    files, task_recv, result_send, (self.spec_ready, self.spec_json), os.getpid()))
+                proc.start()
+                # Only the worker keeps its ends: when it dies, reading its results gives EOF at once.
+                task_recv.close()
+                result_send.close()
+                self.workers.append((proc, task_send, result_recv))
+            # Enough chunks to keep every worker busy (also while this process is still loading the model).
+            for k in range(min(len(self.starts), workers * self.AHEAD)):
+                self._send(k)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if masked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, masked)
+
+    def announce(self, spec: PreprocessSpec) -> None:
+        """Tell the workers the model's preprocessing (they decode meanwhile and wait for it to normalise)."""
+        if self.workers:
+            self.spec_json.value = spec.to_json().encode()
+            self.spec_ready.set()
+        else:
+            self.spec = spec
+
+    def _send(self, k: int) -> None:
+        start = self.starts[k]
+        with contextlib.suppress(OSError):  # a dead worker: reported when its next chunk is awaited
+            self.workers[k % len(self.workers)][1].send((start, min(start + self.size, len(self.files))))
 
     def __iter__(self):
-        """Yield (start, ok, pixel bytes, bad) per chunk, in file order."""
-        if self.pool is None:
-            for start in self.starts:
+        """Yield (start, ok, pixel bytes, bad) per chunk, in file order; WorkerDied when a worker is lost."""
+        for k, start in enumerate(self.starts):
+            if not self.workers:
                 yield (start, *_decode_chunk(self.files[start:start + self.size], self.spec))
-            return
-        from concurrent.futures.process import BrokenProcessPool
+                continue
+            if k + len(self.workers) * self.AHEAD < len(self.starts):
+                self._send(k + len(self.workers) * self.AHEAD)
+            yield (start, *self._receive(k, start))
 
-        while self.pending:
-            start, future = self.pending.popleft()
-            try:
-                ok, pixels, bad = future.result()
-                self._submit()
-            except BrokenProcessPool:
-                last = min(start + self.size, len(self.files)) - 1
-                raise WorkerDied(f"a decoding worker process died (killed, or out of memory?) while reading "
-                                 f"{self.files[start]} ... {self.files[last]}; --workers 0 decodes in this "
-                                 "process and shows which file it is") from None
-            yield start, ok, pixels, bad
+    def _receive(self, k: int, start: int):
+        from multiprocessing.connection import wait
+
+        proc, _, results = self.workers[k % len(self.workers)]
+        wait([results, proc.sentinel])  # an answer, or the worker's end
+        try:
+            return results.recv()
+        except (EOFError, OSError):
+            proc.join(1)
+            code = proc.exitcode
+            how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"ended (exit code {code})")
+            raise WorkerDied(f"a decoding worker process (pid {proc.pid}) {how} while reading {self.files[start]}",
+                             start) from None
+
+    def close(self) -> None:
+        """Kill the workers (idle or not) and reap them; safe to call twice."""
+        for proc, tasks, results in self.workers:
+            with contextlib.suppress(Exception):
+                proc.kill()
+            tasks.close()
+            results.close()
+        for proc, _, _ in self.workers:
+            proc.join(5)
+        self.workers = []
 
 
 # ---------------------------------------------------------------- interrupts
 
-@contextlib.contextmanager
-def _deferred_interrupts():
-    """First Ctrl-C/SIGTERM asks the loop to stop at the next batch boundary; a second one stops at once."""
-    state = {"requested": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
+class _Stop:
+    """SIGINT, SIGTERM and SIGHUP while a run goes on: the first asks it to stop after the chunk in
+    hand; a second stops it at once, by a KeyboardInterrupt raised at most once, only while armed
+    (images streaming). Before that (forking, importing ORT: a KeyboardInterrupt inside a C
+    extension's import surfaces as an ImportError) and after (keeping results, killing workers)
+    signals are only noted. Signals ignored when the run starts (e.g. SIGHUP under nohup) stay ignored.
+    """
 
-    def handler(signum, frame):
-        if state["requested"]:
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self):
+        self.requested = False
+        self.armed = False
+        self.saved: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested and self.armed:
+            self.armed = False
             raise KeyboardInterrupt
-        state["requested"] = True
+        self.requested = True
 
-    saved = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: state["requested"]
-    finally:
-        for s, h in saved.items():
+
+    def __enter__(self) -> "_Stop":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self.saved[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.saved.items():
             signal.signal(s, h)
 
 
@@ -320,61 +403,71 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
         reporter.notice(f"--workers {workers} capped at {cap} ({WORKERS_PER_CPU} per usable CPU, {usable_cpus()} "
                         "usable): more decoding processes only contend for the same cores")
         workers = cap
-    with contextlib.ExitStack() as stack:
-        pool = decoder = None
-        if workers > 0 and len(files) > 1:
-            pool, (spec_ready, spec_json) = _start_pool(workers)
-            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-            stack.callback(spec_ready.set)  # on failure, workers waiting for a spec get none and stop
-            decoder = _ChunkDecoder(files, None, pool, workers)  # forks the workers: no ORT threads yet
-        from ..runtime import Predictor
+    outcome = None
+    with _Stop() as stop:
+        with contextlib.ExitStack() as stack:
+            # Forked before ORT is imported (see the module's docstring); killed, never awaited, however the run ends.
+            decoder = _Decoder(files, workers if len(files) > 1 else 0)
+            stack.callback(decoder.close)
+            from ..runtime import Predictor
 
-        # With decoding workers on every core, more ORT threads only contend with them: one
-        # thread per four cores measured faster than ORT's default on the 2-core build machine.
-        threads = max(1, usable_cpus() // 4) if pool is not None else None
-        predictor = Predictor.open(model, provider, threads)
-        if pool is None:
-            decoder = _ChunkDecoder(files, predictor.contract.preprocess, None, 0)
-        else:
-            spec_json.value = predictor.contract.preprocess.to_json().encode()
-            spec_ready.set()
-        classes = predictor.classes
-        top_k = min(top_k, len(classes))
-        summary = Summary(provider=predictor.provider, classes=classes, skipped=len(inputs.skipped),
-                          ignored=len(inputs.ignored), output=out_path)
-        if predictor.notice:
-            reporter.notice(predictor.notice)
-        for note in inputs.notes:
-            reporter.notice(note)
-        reporter.begin(files, classes, top_k)
-        for path, reason in inputs.skipped:
-            reporter.skipped(path, reason)
-        writer = None
-        if out_path is not None:
-            # The output's temporary file is removed by the stack on any error, and renamed otherwise.
-            writer = ResultWriter(stack.enter_context(atomic_file(out_path)), output_format(out_path), classes, top_k)
-        try:
-            with _deferred_interrupts() as stop_requested:
-                _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, reporter, stop_requested)
-                summary.interrupted = stop_requested()
-        except KeyboardInterrupt:
-            summary.interrupted = True
-        if writer:
-            writer.finish()
-            summary.rows_written = writer.rows
-    if summary.labelled and png_path is not None and not summary.interrupted:
-        acc = summary.accuracy * 100
-        write_confusion_png(png_path, summary.confusion, summary.classes,
-                            f"confusion matrix: {acc:.2f}% correct of {summary.labelled} labelled images")
-        summary.confusion_png = png_path
-    summary.seconds = time.perf_counter() - started
-    reporter.end(summary)
-    if summary.interrupted:
-        raise PredictInterrupted(summary)
+            # With decoding workers on every core, more ORT threads only contend with them: one
+            # thread per four cores measured faster than ORT's default on the 2-core build machine.
+            threads = max(1, usable_cpus() // 4) if decoder.workers else None
+            predictor = Predictor.open(model, provider, threads)
+            decoder.announce(predictor.contract.preprocess)
+            classes = predictor.classes
+            top_k = min(top_k, len(classes))
+            summary = Summary(provider=predictor.provider, classes=classes, skipped=len(inputs.skipped),
+                              ignored=len(inputs.ignored), output=out_path)
+            if predictor.notice:
+                reporter.notice(predictor.notice)
+            for note in inputs.notes:
+                reporter.notice(note)
+            reporter.begin(files, classes, top_k)
+            for path, reason in inputs.skipped:
+                reporter.skipped(path, reason)
+            writer = None
+            if out_path is not None:
+                # The output's temporary file is removed by the stack on any error, and renamed otherwise.
+                writer = ResultWriter(stack.enter_context(atomic_file(out_path)), output_format(out_path), classes,
+                                      top_k)
+            try:
+                try:
+                    stop.armed = True
+                    outcome = _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, reporter, stop)
+                finally:
+                    stop.armed = False
+            except KeyboardInterrupt:  # the second signal
+                outcome = "interrupted"
+            decoder.close()
+            summary.interrupted = outcome is not None
+            if writer:
+                writer.finish()
+                summary.rows_written = writer.rows
+        if summary.labelled and png_path is not None and not summary.interrupted:
+            acc = summary.accuracy * 100
+            write_confusion_png(png_path, summary.confusion, summary.classes,
+                                f"confusion matrix: {acc:.2f}% correct of {summary.labelled} labelled images",
+                                replace=force)
+            summary.confusion_png = png_path
+        summary.seconds = time.perf_counter() - started
+        reporter.end(summary)
+        if isinstance(outcome, WorkerDied):
+            rest = len(files) - outcome.start
+            kept = f"; the {summary.rows_written} row(s) before them are in {out_path}" if out_path else ""
+            raise WorkerDied(f"{outcome}; {rest} file(s) not processed, {files[outcome.start]} to {files[-1]} in "
+                             f"input order{kept}; --workers 0 decodes in this process and shows which file it is",
+                             outcome.start, summary)
+        if outcome:
+            raise PredictInterrupted(summary)
     return summary
 
 
-def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, reporter, stop_requested):
+def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, reporter, stop):
+    """Predict and write every decoded chunk in order. Returns None when all were read, "interrupted"
+    when a signal asked to stop (the chunk in hand is finished), or the WorkerDied that lost a chunk
+    (every image decoded before it is still predicted)."""
     files = inputs.files
     spec = predictor.contract.preprocess
     index = {c: i for i, c in enumerate(predictor.classes)}
@@ -401,7 +494,18 @@ def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, repo
 
     pending: list[int] = []  # file indices decoded but not yet predicted
     pending_pixels: list[np.ndarray] = []
-    for start, ok, pixel_bytes, bad in decoder:
+    chunks = iter(decoder)
+    while not stop.requested:
+        try:
+            start, ok, pixel_bytes, bad = next(chunks, (None,) * 4)
+        except WorkerDied as died:
+            if stop.requested:  # a signal to the whole process group reached the worker too
+                return "interrupted"
+            if pending:
+                run_batch(pending, np.concatenate(pending_pixels))
+            return died
+        if start is None:
+            break
         for i, reason in bad:
             reporter.skipped(files[start + i], reason)
         summary.skipped += len(bad)
@@ -414,7 +518,8 @@ def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, repo
             pending = pending[batch_size:]
             pending_pixels = [pixels[batch_size:]] if pending else []
         reporter.advance(len(ok) + len(bad))
-        if stop_requested():
-            return
+    else:
+        return "interrupted"
     if pending:
         run_batch(pending, np.concatenate(pending_pixels))
+    return None

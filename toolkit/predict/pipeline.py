@@ -44,7 +44,7 @@ from ..atomic import atomic_file, check_writable
 from ..errors import EXIT_OK, EXIT_PARTIAL, ImageError, ToolkitError
 from ..machine import usable_cpus
 from ..preprocess import MNIST, PreprocessSpec, is_blank, to_model_pixels
-from ..runtime import softmax
+from ..runtime import non_finite_rows, softmax
 from .decode import bombs_refused, decode_gray, read_gray, read_gray_unguarded, to_gray
 from .inputs import collect
 from .output import ResultWriter, check_output, default_confusion_path, output_format, top_k_indices, write_confusion_png
@@ -478,7 +478,19 @@ def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, repo
 
     def run_batch(picked: list[int], pixels: np.ndarray) -> None:
         # == predictor.probabilities(pixels), with normalisation by table (bit-identical, cheaper)
-        probs = softmax(predictor.logits(lookup[pixels][:, None, :, :]).astype(np.float32))
+        logits = predictor.logits(lookup[pixels][:, None, :, :])
+        bad = non_finite_rows(logits)
+        if bad:  # NaN/Inf is no prediction, whatever its argmax: those images are skipped, the others kept
+            for i in bad:
+                kind = "NaN" if np.isnan(logits[i]).any() else "Inf"
+                reporter.skipped(files[picked[i]], f"the model's output for this image is {kind}, not a prediction")
+            summary.skipped += len(bad)
+            keep = np.ones(len(picked), dtype=bool)
+            keep[bad] = False
+            picked, pixels, logits = [f for f, k in zip(picked, keep) if k], pixels[keep], logits[keep]
+            if not picked:
+                return
+        probs = softmax(logits.astype(np.float32))
         top = top_k_indices(probs, top_k)
         paths = [files[i] for i in picked]
         expected = [labels[i] for i in picked]

@@ -88,7 +88,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
                                               "its weights are unusable")
 
         with contextlib.ExitStack() as stack:
-            tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items() if k != "report"}
+            tmp = {k: stack.enter_context(atomic_path(p, replace=force)) for k, p in paths.items() if k != "report"}
             run = _Run(model, paths, tmp, ref, atol, rtol)
             if "torchscript" in formats:
                 # Same contract as the ONNX file, minus the ONNX-only fields.
@@ -119,7 +119,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
             report.notes.append(f"{stale} is from an earlier export and was left as it is (no --int8 this time)")
         report.timings["total_s"] = time.perf_counter() - started
         report.report_file = str(paths["report"])
-        write_text(paths["report"], report.to_json())
+        write_text(paths["report"], report.to_json(), replace=force)
         return report
 
 

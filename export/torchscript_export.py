@@ -8,8 +8,10 @@ as an extra file, so ``toolkit inspect model.pt`` can show it without running th
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from pathlib import Path
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
@@ -30,7 +32,10 @@ def export_torchscript(model, path: str | os.PathLike, contract: ModelContract) 
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(model.eval())
         extra = {EXTRA_FILE: json.dumps(contract.to_metadata(), sort_keys=True)}
-        torch.jit.save(scripted, str(path), _extra_files=extra)
+        # In memory first: torch's file writer reports a full disk as a RuntimeError, a plain write as OSError.
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer, _extra_files=extra)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
 def load_torchscript(path: str | os.PathLike):

@@ -93,8 +93,7 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch, seed_model_class
     import toolkit.train.checkpoint as C
 
     def interrupted_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")  # an in-memory buffer: the file is written from it afterwards (full disk -> OSError)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", interrupted_save)

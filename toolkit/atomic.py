@@ -1,14 +1,20 @@
 """File output: a file appears complete under its final name, or not at all; folders made for it
 are removed again if the work fails.
 
-Writers get a temporary path in the destination directory (same filesystem, so
-``os.replace`` is atomic); on any exception, KeyboardInterrupt included, the
-temporary file is removed and an existing file at the destination is untouched.
+Writers get a temporary path in the destination directory (same filesystem, so the final
+rename is atomic); on any exception, KeyboardInterrupt included, the temporary file is
+removed and an existing file at the destination is untouched. A full disk (or quota, file
+size limit, I/O error) while writing becomes one OutputError naming the final path.
+
+Without ``replace`` (no --force) the final step never clobbers: ``os.link`` fails atomically
+when a file appeared at the destination during the run (another run, another program); the
+result is then kept under the next free name (``out.1.csv``) and an OutputError says where.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -33,9 +39,17 @@ def check_writable(path: str | os.PathLike, *, force: bool) -> Path:
     return path
 
 
+# The storage refused the bytes: nothing about the path itself is wrong.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path; move it onto ``path`` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; move it onto ``path`` only if the block succeeds.
+
+    ``replace`` (--force): an existing file is replaced atomically. Otherwise a file at ``path``
+    is never replaced, even one that appeared while the block ran (see the module's docstring).
+    """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
@@ -48,18 +62,66 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         # mkstemp creates 0600; give the result the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
+        if replace:
+            os.replace(tmp_path, path)
+        elif not _link_no_clobber(tmp_path, path):
+            kept = _keep_aside(tmp_path, path)
+            raise OutputError(path, "appeared while this run was writing it and was left untouched; "
+                                    + (f"the results are in {kept} instead" if kept else
+                                       f"the results are in {tmp_path} instead"))
+        with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            if not (isinstance(e, OutputError) and str(tmp_path) in str(e)):
+                tmp_path.unlink()
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:
+            kept = "the existing file is kept" if path.exists() else "nothing was written"
+            raise OutputError(path, f"could not be written: {e.strerror or e}; {kept}") from None
         raise
 
 
+def _link_no_clobber(src: Path, dst: Path) -> bool:
+    """Give ``src`` the name ``dst`` unless ``dst`` exists (checked atomically by the kernel)."""
+    try:
+        os.link(src, dst)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+    # A filesystem without hard links (FAT, some network mounts): the best a plain rename can do.
+    if os.path.lexists(dst):
+        return False
+    os.replace(src, dst)
+    return True
+
+
+def _keep_aside(tmp: Path, path: Path) -> Path | None:
+    """The first free visible name beside ``path``: out.csv -> out.1.csv, out.2.csv, ..."""
+    for n in range(1, 1000):
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        with contextlib.suppress(FileExistsError):
+            if _link_no_clobber(tmp, candidate):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                return candidate
+    return None
+
+
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike, *, replace: bool = False) -> Iterator[BinaryIO]:
     """``atomic_path`` with the temporary file open for binary writing: for output written while work goes on."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, replace=replace) as tmp, open(tmp, "wb") as f:
         yield f
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two names reach one file: symlinks, ``./x`` against ``x``, hard links, case-folding filesystems."""
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def _umask() -> int:
@@ -68,13 +130,13 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = False) -> None:
+    with atomic_path(path, replace=replace) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def write_text(path: str | os.PathLike, text: str, *, replace: bool = False) -> None:
+    write_bytes(path, text.encode("utf-8"), replace=replace)
 
 
 def prepare_folder(folder: Path) -> Path | None:

@@ -60,8 +60,10 @@ def versions() -> dict:
 
 
 def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: dict,
-                    classes: list[str] = DEFAULT_CLASSES, preprocess: PreprocessSpec = MNIST) -> None:
+                    classes: list[str] = DEFAULT_CLASSES, preprocess: PreprocessSpec = MNIST,
+                    replace: bool = False) -> None:
     import datetime
+    import io
 
     import torch
 
@@ -77,8 +79,12 @@ def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: di
         "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Serialised in memory first: torch's own file writer turns a full disk into a RuntimeError,
+    # a plain write gives the OSError that atomic_path reports as one line naming the file.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path, replace=replace) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _load_failure(path: Path, error: Exception) -> str:

@@ -38,11 +38,12 @@ def train_to_files(*, out, recipe_name="seed", epochs=None, batch_size=None, lr=
     with removed_on_failure(folder, prepare_folder(folder)):
         for p in paths.values():  # refuse before spending minutes on training
             check_writable(p, force=force)
-        return _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_dir, train_subset, progress)
+        return _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_dir, train_subset, progress,
+                           force)
 
 
 def _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_dir, train_subset,
-                progress) -> TrainSummary:
+                progress, force) -> TrainSummary:
     import torch
 
     from .trainer import resolve_device, train
@@ -73,12 +74,12 @@ def _train_into(paths, recipe_name, epochs, batch_size, lr, seed, device, data_d
         "history": result.history,
     }
     recipe_dict = asdict(recipe)
-    save_checkpoint(paths["checkpoint"], model=result.model, recipe=recipe_dict, metrics=metrics)
+    save_checkpoint(paths["checkpoint"], model=result.model, recipe=recipe_dict, metrics=metrics, replace=force)
     write_text(paths["metrics"], json.dumps({"recipe": recipe_dict, "metrics": metrics,
-                                             "confusion_matrix": cm.tolist()}, indent=2) + "\n")
-    with atomic_path(paths["samples"]) as tmp:
+                                             "confusion_matrix": cm.tolist()}, indent=2) + "\n", replace=force)
+    with atomic_path(paths["samples"], replace=force) as tmp:
         figures.sample_grid(tmp, data.train_images[:16], data.train_labels[:16], DEFAULT_CLASSES)
-    with atomic_path(paths["confusion"]) as tmp:
+    with atomic_path(paths["confusion"], replace=force) as tmp:
         figures.confusion_png(tmp, cm, DEFAULT_CLASSES,
                               title=f"Confusion matrix (test accuracy {final['test_accuracy'] * 100:.2f}%)")
     return TrainSummary(test_accuracy=final["test_accuracy"], epochs=recipe.epochs, train_seconds=result.seconds,

@@ -16,7 +16,7 @@ def require_matplotlib() -> None:
         raise EngineUnavailable("--plot needs matplotlib, which is not installed (pip install matplotlib)")
 
 
-def write_plot(doc: BenchReport, path) -> None:
+def write_plot(doc: BenchReport, path, *, replace: bool = False) -> None:
     require_matplotlib()
     import matplotlib
 
@@ -50,6 +50,6 @@ def write_plot(doc: BenchReport, path) -> None:
     gpu = f", {env['gpu']['name']}" if env.get("gpu") and env["gpu"].get("name") else ""
     fig.suptitle(f"toolkit bench: {env['cpu']['model']} ({env['threads']} threads){gpu}", fontsize="medium")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -430,8 +430,8 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
             writer = None
             if out_path is not None:
                 # The output's temporary file is removed by the stack on any error, and renamed otherwise.
-                writer = ResultWriter(stack.enter_context(atomic_file(out_path)), output_format(out_path), classes,
-                                      top_k)
+                writer = ResultWriter(stack.enter_context(atomic_file(out_path, replace=force)), output_format(out_path),
+                                      classes, top_k)
             try:
                 try:
                     stop.armed = True

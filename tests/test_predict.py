@@ -102,7 +102,7 @@ def test_labelled_folders_csv_accuracy_and_confusion_png(tiny_onnx, labelled, tm
     rows = read_csv(out)
     assert [r["path"] for r in rows] == [p for p, _ in items]  # every image, in the sorted walk order
     assert list(rows[0]) == ["path", "label", "confidence", "expected", "blank", "top1_label", "top1_prob",
-                             "top2_label", "top2_prob", "top3_label", "top3_prob"]
+                             "top2_label", "top2_prob", "top3_label", "top3_prob", "path_display"]
     expected_labels = reference_labels(tiny_onnx, [p for p, _ in items])
     assert [r["label"] for r in rows] == expected_labels
     for r, (_, label) in zip(rows, items):
@@ -527,7 +527,7 @@ def test_sigint_mid_run_leaves_a_readable_prefix(tiny_onnx, mnist, tmp_path):
     rows = read_csv(out)
     assert 20 < len(rows) < len(items)
     assert [r["path"] for r in rows] == [p for p, _ in items[: len(rows)]]
-    assert all(len(r) == 11 and None not in r.values() for r in rows)
+    assert all(len(r) == 12 and None not in r.values() for r in rows)
     assert out.read_bytes().endswith(b"\n")
     assert not list(tmp_path.glob(".live.csv.*"))
 

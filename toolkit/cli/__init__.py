@@ -13,6 +13,7 @@ import click
 
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, ToolkitError
+from ..text import printable
 from .options import exit_codes_help
 
 # Packages of the `train` extra: an edge install (plain `pip install`) lacks them on purpose.
@@ -24,7 +25,7 @@ class ToolkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ToolkitError as e:
-            click.echo(f"toolkit: error: {e}", err=True)
+            click.echo(f"toolkit: error: {printable(e)}", err=True)  # names files: never raw control characters
             ctx.exit(e.exit_code)
         except ModuleNotFoundError as e:
             if (e.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:

@@ -41,6 +41,18 @@ def _name_list(ctx, param, value):
     return names
 
 
+def _refuse_shared_paths(model, json_path, plot_path) -> None:
+    """One file for two outputs keeps only the last one written; an output over the model destroys it."""
+    from toolkit.atomic import same_path
+    from toolkit.text import printable
+
+    if json_path and plot_path and same_path(json_path, plot_path):
+        raise click.UsageError(f"--json and --plot name the same file {printable(json_path)}")
+    for option, path in (("--json", json_path), ("--plot", plot_path)):
+        if path and same_path(path, model):
+            raise click.UsageError(f"{option} {printable(path)} is the model (--model); choose another output name")
+
+
 @click.command("bench")
 @model_option
 @provider_option(choices=("auto", "cpu", "cuda", "all"), default="auto")
@@ -88,6 +100,7 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
     from toolkit.bench.peak import cpu_peak
     from toolkit.bench.plot import require_matplotlib, write_plot
     from toolkit.bench.report import render
+    from toolkit.text import printable
     # The torch side's engines import torch only when opened; without torch they are skipped with why.
     from toolkit.export.bench_engines import TORCH_ENGINES, cuda_peak
 
@@ -99,6 +112,7 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
         raise click.BadParameter(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(known)}",
                                  param_hint="--engines")
     # Fail before measuring, not after a minute of it.
+    _refuse_shared_paths(model, json_path, plot_path)
     for path in (json_path, plot_path):
         if path:
             check_writable(path, force=force)
@@ -111,8 +125,8 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
     report = run_bench(settings, known, {"cpu": cpu_peak, "cuda": cuda_peak}, progress=progress)
     click.echo(render(report))
     if json_path:
-        write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
-        click.echo(f"wrote {json_path}")
+        write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n", replace=force)
+        click.echo(printable(f"wrote {json_path}"))
     if plot_path:
-        write_plot(report, plot_path)
-        click.echo(f"wrote {plot_path}")
+        write_plot(report, plot_path, replace=force)
+        click.echo(printable(f"wrote {plot_path}"))

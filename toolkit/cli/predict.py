@@ -1,3 +1,4 @@
+import os
 import signal
 
 import click
@@ -53,6 +54,31 @@ def _check_png(ctx, param, value):
     return value
 
 
+def _refuse_shared_paths(paths, output, confusion) -> None:
+    """One file for two roles (results over the confusion PNG, an output over an input) loses one of them."""
+    from pathlib import Path
+
+    from toolkit.atomic import same_path
+    from toolkit.predict.output import default_confusion_path
+    from toolkit.text import printable
+
+    outputs = [("--output", output), ("--confusion", confusion)]
+    if output is not None and confusion is None:
+        outputs[1] = ("--confusion (default beside --output)", str(default_confusion_path(output)))
+    if output is not None and confusion is not None and same_path(output, confusion):
+        raise click.UsageError(f"--output and --confusion name the same file {printable(output)}")
+    for option, out in outputs:
+        if out is None:
+            continue
+        for given in paths:
+            # A folder's images are inputs too: a PNG inside a given folder is read (the CSV/JSONL never is).
+            inside = option.startswith("--confusion") and Path(given).is_dir() and Path(out).exists() and \
+                Path(os.path.realpath(out)).is_relative_to(os.path.realpath(given))
+            if same_path(out, given) or inside:
+                raise click.UsageError(f"{option} {printable(out)} is also an input (argument {printable(given)}); "
+                                       "choose another output name")
+
+
 @click.command("predict", epilog=EPILOG)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @model_option
@@ -61,7 +87,11 @@ def _check_png(ctx, param, value):
               help="Images per ONNX Runtime call.")
 @click.option("--output", "-o", metavar="FILE", callback=_check_output,
               help="Write one row per image to FILE.csv or FILE.jsonl: path, label, confidence, expected "
-                   "(folder label or empty), blank (true: no ink, no label), then the top-k labels with probabilities.")
+                   "(folder label or empty), blank (true: no ink, no label), the top-k labels with probabilities, then "
+                   "path_display: the path with a leading ' when it starts with = + - @ tab or CR, so a "
+                   "spreadsheet shows it instead of running it as a formula (path itself is always exact). "
+                   "A file that appears at FILE during the run is never replaced without --force: the rows "
+                   "then go to FILE.1.csv (exit 1, saying so).")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of the most likely labels to report (capped at the number of classes).")
 @click.option("--confusion", metavar="FILE.png", callback=_check_png,
@@ -81,6 +111,9 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     from toolkit.errors import EXIT_INTERRUPTED
     from toolkit.predict import PredictInterrupted, predict_paths
     from toolkit.predict.terminal import TerminalReporter
+    from toolkit.text import printable
+
+    _refuse_shared_paths(paths, output, confusion)
 
     try:
         summary = predict_paths(paths, model=model, provider=provider, batch_size=batch_size, top_k=top_k,
@@ -92,7 +125,7 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         ignore_stop_signals()
         stopped = next((x for x in (e, e.__context__) if isinstance(x, PredictInterrupted)), None)
-        click.echo(f"toolkit: {stopped or 'interrupted'}", err=True)
+        click.echo(f"toolkit: {printable(stopped or 'interrupted')}", err=True)
         ctx.exit(EXIT_INTERRUPTED)
     if summary.exit_code:
         ctx.exit(summary.exit_code)

@@ -28,6 +28,7 @@ def command(recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_s
     or weights become NaN/Inf (a learning rate far too high) stops at once
     with exit code 1 and writes nothing.
     """
+    from toolkit.text import printable
     from toolkit.train.run import train_to_files
 
     summary = train_to_files(out=out, recipe_name=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -36,4 +37,4 @@ def command(recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_s
     click.echo(f"test accuracy {summary.test_accuracy * 100:.2f}% after {summary.epochs} epochs "
                f"in {summary.train_seconds:.1f} s on {summary.device}")
     for path in summary.files:
-        click.echo(f"wrote {path}")
+        click.echo(printable(f"wrote {path}"))

@@ -6,6 +6,12 @@ after every batch. The file takes its final name when the run ends, and also whe
 is interrupted (Ctrl-C/SIGTERM): it is then cut back to the last complete batch, so it
 always holds a header plus whole rows, never half a line. A fatal error removes it and
 leaves any older file alone.
+
+CSV follows RFC 4180 (lines end in CRLF, so a CR or LF inside a file name is always quoted) and
+every name round-trips through Python's csv reader, bytes that are not UTF-8 included. ``path`` is
+always the exact name; ``path_display`` is the same name with a leading ``'`` when it starts with
+= + - @ tab or CR, which a spreadsheet would otherwise run as a formula (OWASP's CSV injection
+advice): open that column in a spreadsheet, feed ``path`` to programs.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..atomic import atomic_path, check_writable
 from ..errors import OutputError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -46,7 +53,12 @@ def csv_header(top_k: int) -> list[str]:
     cols = ["path", "label", "confidence", "expected", "blank"]
     for i in range(1, top_k + 1):
         cols += [f"top{i}_label", f"top{i}_prob"]
-    return cols
+    return cols + ["path_display"]
+
+
+def spreadsheet_safe(text: str) -> str:
+    """OWASP: a cell a spreadsheet would evaluate as a formula gets a leading ' (shown, never run)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
@@ -74,12 +86,13 @@ class ResultWriter:
             rows = []
             for path, exp, best, p, empty in zip(paths, expected, top_rows, prob_rows, blank_rows):
                 if empty:
-                    rows.append([path, "", "", exp or "", "true"] + [""] * (2 * len(best)))
+                    rows.append([path, "", "", exp or "", "true"] + [""] * (2 * len(best))
+                                + [spreadsheet_safe(path)])
                     continue
                 row = [path, classes[best[0]], f"{p[best[0]]:.6f}", exp or "", "false"]
                 for j in best:
                     row += (classes[j], f"{p[j]:.6f}")
-                rows.append(row)
+                rows.append(row + [spreadsheet_safe(path)])
             text = _csv_text(rows)
         else:
             lines = []
@@ -108,15 +121,16 @@ class ResultWriter:
 
 def _csv_text(rows) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
+    csv.writer(buf, lineterminator="\r\n").writerows(rows)  # RFC 4180: a lone CR or LF in a cell is quoted
     return buf.getvalue()
 
 
 # ---------------------------------------------------------------- confusion matrix PNG
 
-def write_confusion_png(path: str | os.PathLike, cm: np.ndarray, classes: list[str], title: str) -> None:
+def write_confusion_png(path: str | os.PathLike, cm: np.ndarray, classes: list[str], title: str, *,
+                        replace: bool = False) -> None:
     image = render_confusion(cm, classes, title)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace) as tmp:
         image.save(tmp, format="PNG")
 
 

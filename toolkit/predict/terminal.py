@@ -2,7 +2,8 @@
 
 A few images (up to TABLE_MAX): one table row each on stdout. More: a tqdm progress
 bar on stderr (only when stderr is a terminal). Always: skipped files with their
-reasons and a summary on stderr, so stdout carries only results.
+reasons and a summary on stderr, so stdout carries only results. Every line passes through
+``toolkit.text.printable``: a file name's control characters never reach the terminal raw.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import click
 import numpy as np
 
+from ..text import printable
 from .inputs import expected_label
 from .pipeline import Reporter, Summary
 
@@ -30,6 +32,7 @@ class TerminalReporter(Reporter):
 
     # -- messages that must not tear the progress bar
     def _err(self, text: str) -> None:
+        text = printable(text)
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
@@ -42,7 +45,7 @@ class TerminalReporter(Reporter):
         self.classes, self.top_k = classes, top_k
         if len(files) <= self.table_max:
             self.table = True
-            self.path_width = min(60, max(4, *(len(p) for p in files)))
+            self.path_width = min(60, max(4, *(len(printable(p)) for p in files)))
             self.labelled_any = any(expected_label(p, classes) is not None for p in files)
             head = f"{'path':<{self.path_width}}  label  confidence"
             if self.labelled_any:
@@ -62,19 +65,20 @@ class TerminalReporter(Reporter):
             return
         for i, path in enumerate(paths):
             best = top[i, 0]
+            path = printable(path)
             shown = path if len(path) <= self.path_width else "..." + path[-(self.path_width - 3):]
             if blank[i]:  # no ink: no label, no confidence, no top-k
                 line = f"{shown:<{self.path_width}}  {'blank':>5}  {'':>10}"
                 if self.labelled_any:
                     line += f"  {'' if expected[i] is None else expected[i] + ' -':<8}"
-                click.echo(line.rstrip())
+                click.echo(printable(line.rstrip()))
                 continue
             line = f"{shown:<{self.path_width}}  {self.classes[best]:>5}  {probs[i, best]:>10.4f}"
             if self.labelled_any:
                 mark = "" if expected[i] is None else (expected[i] + (" ok" if expected[i] == self.classes[best] else " WRONG"))
                 line += f"  {mark:<8}"
             line += "  " + " ".join(f"{self.classes[j]}:{probs[i, j]:.3f}" for j in top[i])
-            click.echo(line)
+            click.echo(printable(line))  # class names come from the model file: outside text too
 
     def advance(self, files_done) -> None:
         if self.bar is not None:
@@ -85,7 +89,7 @@ class TerminalReporter(Reporter):
             self.bar.close()
             self.bar = None
         for line in summary_lines(summary):
-            click.echo(line, err=True)
+            click.echo(printable(line), err=True)
 
 
 def _is_terminal(stream) -> bool:

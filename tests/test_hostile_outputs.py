@@ -144,6 +144,7 @@ def test_bench_outputs_on_a_full_disk(full_disk, tiny_onnx, option, name):
     assert_old_kept(full_disk, name)
 
 
+@pytest.mark.slow
 def test_train_out_on_a_full_disk(full_disk, mnist):
     done = toolkit("train", "--epochs", "1", "--train-subset", "200", "--device", "cpu", "--no-progress",
                    "--out", full_disk / "old.pth", "--force")

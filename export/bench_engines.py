@@ -1,4 +1,4 @@
-"""The torch side of `toolkit bench`: TorchScript (<stem>.pt) and eager (<stem>.pth) engines, and the CUDA matmul peak.
+"""The torch side of `toolkit bench`: TorchScript (.pt), torch.export (.pt2) and eager (.pth) engines; the CUDA peak.
 
 torch is imported inside functions only, when one of these engines is opened (or CUDA is
 probed): importing this module, and a run with only ONNX files present, never loads it.
@@ -112,6 +112,17 @@ class TorchScriptEngine(_TorchEngine):
         return load_torchscript(self.artifact())[0]  # a ModelError names an unreadable file
 
 
+class Pt2Engine(_TorchEngine):
+    name = "pt2"
+    description = "torch.export program written by export (<stem>.pt2), run as its module()"
+    suffix = ".pt2"
+
+    def load(self):
+        from .pt2_export import load_pt2
+
+        return load_pt2(self.artifact())[0].module()
+
+
 class EagerEngine(_TorchEngine):
     name = "eager"
     description = "eager PyTorch, rebuilt from the checkpoint (<stem>.pth)"
@@ -123,7 +134,7 @@ class EagerEngine(_TorchEngine):
         return build_model(load_checkpoint(self.artifact()))
 
 
-TORCH_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (TorchScriptEngine, EagerEngine)}
+TORCH_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (TorchScriptEngine, Pt2Engine, EagerEngine)}
 
 
 def cuda_peak(threads: int) -> Peak:

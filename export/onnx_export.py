@@ -2,40 +2,58 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
 
-from .defaults import DEFAULT_OPSET
+from .defaults import DEFAULT_ONNX_EXPORTER, DEFAULT_OPSET
+from .pt2_export import batch_dim
+from .quiet import quiet_torch
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-EXPORTER = "torch.onnx.export(dynamo=False)"
+EXPORTERS = {"dynamo": "torch.onnx.export(dynamo=True)", "legacy": "torch.onnx.export(dynamo=False)"}
 
 
-def export_onnx(model, path: str | os.PathLike, contract: ModelContract, opset: int = DEFAULT_OPSET) -> None:
-    """Export to ``path`` (caller handles atomicity), then embed ``contract`` as metadata_props."""
-    import warnings
+def export_onnx(model, path: str | os.PathLike, contract: ModelContract, opset: int = DEFAULT_OPSET,
+                exporter: str = DEFAULT_ONNX_EXPORTER) -> ModelContract:
+    """Export to ``path`` (caller handles atomicity), embed ``contract`` as metadata_props and return it.
 
+    The returned contract records the exporter used and the opset the file really declares (the dynamo
+    exporter writes opset 18 or later and converts down to ``opset`` when it can).
+    """
     import torch
 
-    spec = contract.preprocess
-    dummy = torch.zeros(2, *spec.input_shape)
+    dummy = torch.zeros(2, *contract.preprocess.input_shape)
     try:
-        with warnings.catch_warnings():
-            # The TorchScript-based exporter is deprecated in favour of dynamo; it is 30x faster
-            # for this model and its output is validated against the eager model regardless.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model.eval(), (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
-                do_constant_folding=True, dynamo=False,
-            )
+        with quiet_torch():
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    model.eval(), (dummy,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_shapes=(batch_dim(),), opset_version=opset, dynamo=True, optimize=True,
+                    verbose=False)
+                program.save(str(path))
+            elif exporter == "legacy":
+                torch.onnx.export(
+                    model.eval(), (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
+                    do_constant_folding=True, dynamo=False)
+            else:
+                raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    except ValueError:
+        raise
     except Exception as e:  # e.g. an opset this torch cannot target
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelError(path, f"torch.onnx.export failed at opset {opset}: {first[:200]}") from None
+        raise ModelError(path, f"{EXPORTERS[exporter]} failed at opset {opset}: {first[:200]}") from None
+    written = graph_opset(path)
+    if written != opset:  # the dynamo exporter keeps its own opset when the down-conversion fails
+        raise ModelError(path, f"{EXPORTERS[exporter]} wrote opset {written}, not the opset {opset} asked for; "
+                               "for opsets below 18 use --onnx-exporter legacy")
+    contract = dataclasses.replace(contract, exporter=EXPORTERS[exporter], opset=written)
     embed_contract(path, contract)
+    return contract
 
 
 def embed_contract(path: str | os.PathLike, contract: ModelContract) -> None:
@@ -73,7 +91,7 @@ def graph_opset(path: str | os.PathLike) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def contract_for(loaded, opset: int, precision: str = "float32", exporter: str = EXPORTER,
+def contract_for(loaded, opset: int, precision: str = "float32", exporter: str = EXPORTERS["dynamo"],
                  extra: dict | None = None) -> ModelContract:
     """The contract for a model rebuilt from ``loaded`` (a train.checkpoint.LoadedCheckpoint)."""
     import onnx

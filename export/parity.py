@@ -1,7 +1,7 @@
 """The parity gate: does a file, reloaded from disk, compute what the eager model computes?
 
 The eager model's logits are the reference. Each written file is loaded back the
-way a user would load it (``torch.jit.load``; an ONNX Runtime CPU session that
+way a user would load it (``torch.jit.load``, ``torch.export.load``; an ONNX Runtime CPU session that
 also checks the file's own contract) and run on the same inputs: the 10,000 MNIST
 test images and random images at batch sizes 1, 2, 7 and 64, so a batch axis that
 was frozen at export time shows up as a failure.
@@ -73,6 +73,13 @@ def torchscript_runner(path: str | os.PathLike) -> Runner:
     return torch_runner(load_torchscript(path)[0])
 
 
+def pt2_runner(path: str | os.PathLike) -> Runner:
+    """What a user of the file runs: the ExportedProgram's module, loaded with torch.export.load."""
+    from .pt2_export import load_pt2
+
+    return torch_runner(load_pt2(path)[0].module())
+
+
 def onnx_runner(path: str | os.PathLike) -> Runner:
     """An ONNX Runtime CPU session whose input/output names come from the file's own contract."""
     from toolkit.runtime import create_session, read_contract
@@ -86,7 +93,7 @@ def onnx_runner(path: str | os.PathLike) -> Runner:
     return run
 
 
-RUNNERS = {"torchscript": torchscript_runner, "onnx": onnx_runner, "onnx-int8": onnx_runner}
+RUNNERS = {"torchscript": torchscript_runner, "pt2": pt2_runner, "onnx": onnx_runner, "onnx-int8": onnx_runner}
 
 
 # ---------------------------------------------------------------- comparing

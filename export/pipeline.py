@@ -1,4 +1,4 @@
-"""`toolkit export` as a library call: checkpoint -> TorchScript / ONNX (/ INT8) files that passed the gate.
+"""`toolkit export` as a library call: checkpoint -> TorchScript / ONNX / .pt2 (/ INT8) files that passed the gate.
 
 All or nothing: every artefact is written under a temporary name in the output
 directory, loaded back from disk and validated there, and only when every gate
@@ -26,12 +26,14 @@ from toolkit.errors import CheckpointError, OutputError, ValidationFailed
 from toolkit.train.checkpoint import versions
 
 from . import parity
-from .defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
-from .onnx_export import contract_for, export_onnx
+from .defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_DROP, DEFAULT_ONNX_EXPORTER, DEFAULT_OPSET,
+                       DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS)
+from .onnx_export import EXPORTERS, contract_for, export_onnx
+from .pt2_export import EXPORTER as PT2_EXPORTER, export_pt2
 from .report import ExportReport, FormatResult, Inputs, Int8Result, Tolerances
 from .torchscript_export import EXPORTER as TS_EXPORTER, export_torchscript
 
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "report": ".export.json"}
+SUFFIXES = {"torchscript": ".pt", "pt2": ".pt2", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "report": ".export.json"}
 
 
 def output_paths(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None, formats, int8: bool) -> dict:
@@ -49,7 +51,8 @@ def _versions() -> dict:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLike | None = None,
-                      formats=FORMATS, opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
+                      formats=DEFAULT_FORMATS, opset: int = DEFAULT_OPSET,
+                      onnx_exporter: str = DEFAULT_ONNX_EXPORTER, atol: float = DEFAULT_ATOL,
                       rtol: float = DEFAULT_RTOL, int8: bool = False,
                       int8_max_drop: float = DEFAULT_INT8_MAX_DROP, force: bool = False, data_dir=None,
                       latency_runs: int = 2000) -> ExportReport:
@@ -65,6 +68,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
     formats = [f for f in FORMATS if f in formats]
     if not formats:
         raise ValueError(f"formats must name at least one of {FORMATS}")
+    if onnx_exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"onnx_exporter must be one of {ONNX_EXPORTERS}, got {onnx_exporter!r}")
     if int8 and "onnx" not in formats:
         raise ValueError("the INT8 variant is quantized from the ONNX export; include onnx in formats")
     for name, value in {"atol": atol, "rtol": rtol, "int8_max_drop": int8_max_drop}.items():
@@ -90,13 +95,16 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
         with contextlib.ExitStack() as stack:
             tmp = {k: stack.enter_context(atomic_path(p, replace=force)) for k, p in paths.items() if k != "report"}
             run = _Run(model, paths, tmp, ref, atol, rtol)
+            # Same contract in every file; the ONNX-only fields are blank in the torch formats.
+            torch_contract = dataclasses.replace(contract_for(loaded, 0), onnx_version="")
             if "torchscript" in formats:
-                # Same contract as the ONNX file, minus the ONNX-only fields.
-                run.float_format("torchscript", export_torchscript, dataclasses.replace(
-                    contract_for(loaded, 0, exporter=TS_EXPORTER), onnx_version=""))
+                run.float_format("torchscript", export_torchscript,
+                                 dataclasses.replace(torch_contract, exporter=TS_EXPORTER))
+            if "pt2" in formats:
+                run.float_format("pt2", export_pt2, dataclasses.replace(torch_contract, exporter=PT2_EXPORTER))
             if "onnx" in formats:
-                run.onnx_contract = contract_for(loaded, opset)
-                run.float_format("onnx", functools.partial(export_onnx, opset=opset), run.onnx_contract, opset=opset)
+                run.float_format("onnx", functools.partial(export_onnx, opset=opset, exporter=onnx_exporter),
+                                 contract_for(loaded, opset, exporter=EXPORTERS[onnx_exporter]))
             if int8:
                 run.int8(int8_max_drop, latency_runs)
             report = ExportReport(
@@ -140,13 +148,16 @@ class _Run:
         if problem:
             self.problems.append(f"{self.paths[c.format]}: {problem}")
 
-    def float_format(self, kind: str, export, contract, **extra) -> None:
+    def float_format(self, kind: str, export, contract) -> None:
         t = time.perf_counter()
-        export(self.model, self.tmp[kind], contract)
+        # An exporter may return the contract it really wrote (ONNX: the opset the file declares).
+        contract = export(self.model, self.tmp[kind], contract) or contract
         self.timings[f"{kind}_export_s"] = time.perf_counter() - t
+        if kind == "onnx":
+            self.onnx_contract = contract
         c = parity.validate_file(kind, self.tmp[kind], self.ref, self.atol, self.rtol)
         self.record(FormatResult, c, parity.parity_problem(c, self.atol, self.rtol), exporter=contract.exporter,
-                    **extra)
+                    opset=contract.opset if kind == "onnx" else None)
 
     def int8(self, max_drop: float, latency_runs: int) -> None:
         from .quantize import METHOD, batch1_latency_us, latency_verdict, quantize_int8

@@ -33,13 +33,19 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, float_contract
     """Quantize the float ONNX file ``src`` into ``dst`` (caller handles atomicity) and label it."""
     import logging
 
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src))
+    # The dynamo exporter records each weight's shape in value_info; the quantizer transposes Gemm weights
+    # and its shape inference then trips over the stale entries. They are a cache: checker re-infers them.
+    del model.graph.value_info[:]
 
     # The quantizer logs a "consider pre-processing" hint on the root logger at every call;
     # it was measured to make no difference for this model (see module docstring).
     logging.disable(logging.WARNING)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8)
     except Exception as e:  # the quantizer raises plain exceptions for graphs it cannot handle
         text = str(e).strip().splitlines()
         raise ModelError(dst, f"ONNX Runtime quantization failed: {(text or [type(e).__name__])[0][:200]}") from None

@@ -47,7 +47,9 @@ def test_inspect_onnx_json(tiny_export, tiny_run):
     assert info["kind"] == "onnx" and info["size_bytes"] == path.stat().st_size
     assert info["inputs"] == [{"name": "input", "shape": ["batch", 1, 28, 28], "dtype": "float32"}]
     assert info["outputs"] == [{"name": "logits", "shape": ["batch", 10], "dtype": "float32"}]
-    assert info["opset"] == {"ai.onnx": 17}
+    from toolkit.export.defaults import DEFAULT_OPSET
+
+    assert info["opset"] == {"ai.onnx": DEFAULT_OPSET}
     assert info["parameters"] == floats
     meta = info["metadata"]
     assert meta["source_sha256"] == ck.sha256 and meta["precision"] == "float32"

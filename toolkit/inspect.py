@@ -19,7 +19,8 @@ from .contract import KEY_PREFIX, decode_metadata
 from .errors import FileProblem, ModelError
 
 MODEL_FILE = "a model file (expected a .pth checkpoint, .pt TorchScript or .onnx)"
-MODEL_KINDS = {"checkpoint": "a PyTorch checkpoint", "torchscript": "a TorchScript model", "onnx": "an ONNX model"}
+MODEL_KINDS = {"checkpoint": "a PyTorch checkpoint", "torchscript": "a TorchScript model",
+               "pt2": "a torch.export program (.pt2)", "onnx": "an ONNX model"}
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # what predict reads: the likeliest mix-up
 SIGNATURES = {  # leading bytes of other files often mistaken for a model
     b"%PDF-": "a PDF document",
@@ -55,6 +56,8 @@ def identify(path: str | os.PathLike, error: type[FileProblem] = ModelError, exp
         except (zipfile.BadZipFile, OSError, ValueError):
             raise error(path, "a damaged or truncated zip archive (PyTorch checkpoints and TorchScript files are "
                               "zip archives; this one cannot be read)") from None
+        if any(n == "archive_format" or n.endswith("/archive_format") for n in names):  # torch.export.save
+            return "pt2"
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             return "torchscript" if any("/code/" in n for n in names) else "checkpoint"
         raise error(path, f"a zip archive holding no data.pkl (not written by PyTorch), not {expected}")

@@ -57,8 +57,8 @@ def _refuse_shared_paths(model, json_path, plot_path) -> None:
 @model_option
 @provider_option(choices=("auto", "cpu", "cuda", "all"), default="auto")
 @click.option("--engines", callback=_name_list, metavar="NAMES",
-              help="Comma-separated engines: ort, ort-int8, torchscript, eager. "
-                   "Default: every one whose file (<stem>.onnx/.int8.onnx/.pt/.pth beside --model) and "
+              help="Comma-separated engines: ort, ort-int8, torchscript, pt2, eager. "
+                   "Default: every one whose file (<stem>.onnx/.int8.onnx/.pt/.pt2/.pth beside --model) and "
                    "library are present; the others are listed as skipped.")
 @click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_int_list,
               help="Comma-separated batch sizes.")

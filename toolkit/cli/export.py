@@ -1,26 +1,47 @@
 import click
 
-from toolkit.export.defaults import DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
+from toolkit.export.defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_DROP, DEFAULT_ONNX_EXPORTER,
+                                     DEFAULT_OPSET, DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS, missing_requirement)
 
 from .options import FiniteFloat, data_dir_option, force_option
+
+NAMES = (*FORMATS, "int8", "all")  # int8 is the --int8 variant, named like a format
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
     names = [v.strip().lower() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in FORMATS]
+    unknown = [n for n in names if n not in NAMES]
     if unknown or not names:
-        raise click.BadParameter(f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(FORMATS)} "
+        raise click.BadParameter(f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(NAMES)} "
                                  f"(comma-separated)")
     return tuple(dict.fromkeys(names))
+
+
+def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], bool, list[str]]:
+    """(formats to write, int8?, notes on formats left out); a named format that cannot be written is refused."""
+    missing = {f: missing_requirement(f, onnx_exporter) for f in FORMATS}
+    if "all" in names:
+        return ([f for f in FORMATS if not missing[f]], not missing["onnx"],
+                [f"{f} not written: it {why}" for f, why in missing.items() if why])
+    refused = [f"{f} {missing[f]}" for f in names if missing.get(f)]
+    if refused:
+        raise click.UsageError("; ".join(refused))
+    return [f for f in names if f in FORMATS], "int8" in names, []
 
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Where to write the files (created if missing). Default: beside the checkpoint.")
-@click.option("--formats", default=",".join(FORMATS), show_default=True, callback=_formats,
-              help="Comma-separated: torchscript (<stem>.pt), onnx (<stem>.onnx).")
-@click.option("--opset", type=click.IntRange(11, 23), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
+@click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, callback=_formats,
+              help="Comma-separated: torchscript (<stem>.pt), onnx (<stem>.onnx), pt2 (<stem>.pt2, a torch.export "
+                   "program), int8 (same as --int8); all: every format this installation can write.")
+@click.option("--onnx-exporter", type=click.Choice(ONNX_EXPORTERS), default=DEFAULT_ONNX_EXPORTER, show_default=True,
+              help="dynamo: torch.onnx.export(dynamo=True), built on torch.export; legacy: torch's deprecated "
+                   "TorchScript-based exporter (about 40x faster to export this model), while torch still has it.")
+@click.option("--opset", type=click.IntRange(11, 23), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset. The dynamo exporter writes 18 or later and converts down to a lower one when it can; "
+                   "the report records the opset the file declares.")
 @click.option("--atol", type=FiniteFloat(min=0), default=DEFAULT_ATOL, show_default=True,
               help="Parity gate: absolute logit tolerance against the eager model.")
 @click.option("--rtol", type=FiniteFloat(min=0), default=DEFAULT_RTOL, show_default=True,
@@ -32,14 +53,14 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
               help="INT8 gate: most test-accuracy points it may lose against float32.")
 @data_dir_option
 @force_option
-def command(checkpoint, out_dir, formats, opset, atol, rtol, int8, int8_max_drop, data_dir, force) -> None:
-    """Export a checkpoint (toolkit's own or a seed-style state_dict) to TorchScript and ONNX.
+def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, data_dir, force) -> None:
+    """Export a checkpoint (toolkit's own or a seed-style state_dict) to TorchScript, ONNX and .pt2.
 
     \b
     Writes <stem>.pt, <stem>.onnx and the parity report <stem>.export.json
-    (plus <stem>.int8.onnx with --int8). Every file is loaded back from disk and
-    compared with the eager model on the 10,000 MNIST test images and random
-    batches of 1, 2, 7 and 64 images. Files appear only if every check passes;
+    (plus <stem>.pt2 with --formats pt2 or all, <stem>.int8.onnx with --int8).
+    Every file is loaded back from disk and compared with the eager model on
+    the 10,000 MNIST test images and random batches of 1, 2, 7 and 64 images. Files appear only if every check passes;
     on failure nothing is written or replaced and the exit code is 4.
     Existing outputs are refused (exit 1) unless --force is given.
     """
@@ -47,11 +68,18 @@ def command(checkpoint, out_dir, formats, opset, atol, rtol, int8, int8_max_drop
     from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed
 
+    formats, named_int8, notes = _choose(formats, onnx_exporter)
+    int8 = int8 or named_int8
     if int8 and "onnx" not in formats:
         raise click.UsageError("--int8 quantizes the ONNX export: include onnx in --formats")
+    if not formats:
+        raise click.UsageError("no format left to write: " + "; ".join(notes))
+    for note in notes:
+        click.echo(note, err=True)
     try:
-        report = export_checkpoint(checkpoint, out_dir=out_dir, formats=formats, opset=opset, atol=atol, rtol=rtol,
-                                   int8=int8, int8_max_drop=int8_max_drop, force=force, data_dir=data_dir)
+        report = export_checkpoint(checkpoint, out_dir=out_dir, formats=formats, opset=opset,
+                                   onnx_exporter=onnx_exporter, atol=atol, rtol=rtol, int8=int8,
+                                   int8_max_drop=int8_max_drop, force=force, data_dir=data_dir)
     except ValidationFailed as e:
         if e.report is not None:
             click.echo(render_table(e.report), err=True)

@@ -1,9 +1,9 @@
 """`toolkit inspect` for the torch side: a checkpoint (.pth), TorchScript (.pt) or .pt2 file, as a description dict.
 
 Nothing is run: a TorchScript module or a torch.export program is loaded (its code or graph and
-tensors, not arbitrary pickled objects) and described. What a file is comes from its content (toolkit.inspect.identify), not its
-suffix: a ``.pt`` written by ``torch.save`` is a checkpoint by another name and is described as one.
-ONNX files are the core's (toolkit.inspect).
+tensors, not arbitrary pickled objects) and described. What a file is comes from its content
+(toolkit.inspect.identify), not its suffix: a ``.pt`` written by ``torch.save`` is a checkpoint by another
+name and is described as one. ONNX files are the core's (toolkit.inspect).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def describe_program(path: Path, kind: str) -> dict:
 
 def _program_signature(program) -> str:
     """The user inputs with their traced shapes (symbols for dynamic sizes) and outputs, and the symbols' ranges."""
-    shapes = {n.name: list(n.meta["val"].shape) for n in program.graph.nodes if n.op == "placeholder" and "val" in n.meta}
+    shapes = {n.name: list(n.meta["val"].shape) for n in program.graph.nodes
+              if n.op == "placeholder" and "val" in n.meta}
     sig = program.graph_signature
     inputs = ", ".join(f"{name}: {shapes.get(name, '?')}" for name in sig.user_inputs)
     ranges = ", ".join(f"{symbol} in [{r.lower}, {r.upper}]" for symbol, r in program.range_constraints.items())

@@ -53,15 +53,17 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], bool
               help="INT8 gate: most test-accuracy points it may lose against float32.")
 @data_dir_option
 @force_option
-def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, data_dir, force) -> None:
+def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, data_dir,
+            force) -> None:
     """Export a checkpoint (toolkit's own or a seed-style state_dict) to TorchScript, ONNX and .pt2.
 
     \b
     Writes <stem>.pt, <stem>.onnx and the parity report <stem>.export.json
     (plus <stem>.pt2 with --formats pt2 or all, <stem>.int8.onnx with --int8).
     Every file is loaded back from disk and compared with the eager model on
-    the 10,000 MNIST test images and random batches of 1, 2, 7 and 64 images. Files appear only if every check passes;
-    on failure nothing is written or replaced and the exit code is 4.
+    the 10,000 MNIST test images and random batches of 1, 2, 7 and 64 images.
+    Files appear only if every check passes; on failure nothing is written
+    or replaced and the exit code is 4.
     Existing outputs are refused (exit 1) unless --force is given.
     """
     from toolkit.export.pipeline import export_checkpoint

@@ -16,6 +16,7 @@ from .preprocess import PreprocessSpec
 
 CONTRACT_VERSION = "1"
 KEY_PREFIX = "toolkit."
+OUTPUT_KINDS = ("logits", "probabilities")
 
 
 @dataclass
@@ -33,6 +34,8 @@ class ModelContract:
     exporter: str = ""
     precision: str = "float32"
     flops_per_image: int | None = None  # multiply-adds x2 per image, counted by export; None in older files
+    # "probabilities" when the graph ends in a softmax (never applied twice); older files: logits
+    output_kind: str = "logits"
     extra: dict = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, str]:
@@ -51,6 +54,7 @@ class ModelContract:
             p + "opset": str(self.opset),
             p + "exporter": self.exporter,
             p + "precision": self.precision,
+            p + "output_kind": self.output_kind,
         }
         if self.flops_per_image is not None:
             meta[p + "flops_per_image"] = str(self.flops_per_image)
@@ -61,14 +65,14 @@ class ModelContract:
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path) -> "ModelContract":
         p = KEY_PREFIX
-        if p + "contract_version" not in meta:
+        if not has_contract(meta):
             raise ModelError(path, "has no toolkit metadata (input contract, preprocessing, classes); "
                                    "export it with `toolkit export`")
         try:
             known = {"contract_version", "input_name", "input_shape", "input_dtype", "output_name", "classes",
                      "preprocess", "source_sha256", "torch_version", "onnx_version", "opset", "exporter",
-                     "precision", "flops_per_image"}
-            return cls(
+                     "precision", "flops_per_image", "output_kind"}
+            contract = cls(
                 input_name=meta[p + "input_name"],
                 input_shape=json.loads(meta[p + "input_shape"]),
                 input_dtype=meta[p + "input_dtype"],
@@ -82,10 +86,18 @@ class ModelContract:
                 exporter=meta.get(p + "exporter", ""),
                 precision=meta.get(p + "precision", "float32"),
                 flops_per_image=int(meta[p + "flops_per_image"]) if p + "flops_per_image" in meta else None,
+                output_kind=meta.get(p + "output_kind", "logits"),
                 extra={k[len(p):]: v for k, v in meta.items() if k.startswith(p) and k[len(p):] not in known},
             )
+            if contract.output_kind not in OUTPUT_KINDS:
+                raise ValueError(f"output_kind {contract.output_kind!r}")
+            return contract
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(path, f"toolkit metadata is malformed ({type(e).__name__}: {e})") from None
+
+
+def has_contract(meta: dict[str, str]) -> bool:
+    return KEY_PREFIX + "contract_version" in meta
 
 
 def decode_metadata(props: dict[str, str]) -> dict:

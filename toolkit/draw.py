@@ -105,10 +105,11 @@ class DrawApp:
         side = tk.Frame(root)
         side.grid(row=2, column=1, sticky="sw", padx=(0, 8), pady=(0, 8))
         # What the model actually sees: makes the MNIST-style scaling and centring visible.
-        self.preview_image = tk.PhotoImage(width=28 * PREVIEW_SCALE, height=28 * PREVIEW_SCALE)
+        spec = predictor.contract.preprocess
+        self.preview_image = tk.PhotoImage(width=spec.width * PREVIEW_SCALE, height=spec.height * PREVIEW_SCALE)
         self.preview = tk.Label(side, image=self.preview_image, bg="black", bd=1, relief="sunken")
         self.preview.grid(row=0, column=0, rowspan=2, padx=(0, 8))
-        tk.Label(side, text="model input\n28 x 28", justify="left", fg="#555555").grid(row=0, column=1, sticky="nw")
+        tk.Label(side, text=f"model input\n{spec.width} x {spec.height}", justify="left", fg="#555555").grid(row=0, column=1, sticky="nw")
         self.status = tk.Label(side, text="", fg="#555555", justify="left", anchor="w")
         self.status.grid(row=1, column=1, sticky="sw")
 
@@ -177,8 +178,8 @@ class DrawApp:
             self.pending = None
 
     def model_pixels(self) -> np.ndarray:
-        """The drawing as the model sees it: 28x28 uint8, MNIST-normalised."""
-        return to_model_pixels(np.asarray(self.image, dtype=np.uint8))
+        """The drawing as the model sees it: uint8 at the model's size (28x28 for MNIST), MNIST-normalised."""
+        return to_model_pixels(np.asarray(self.image, dtype=np.uint8), self.predictor.contract.preprocess)
 
     def predict(self) -> None:
         self._cancel_pending()
@@ -227,7 +228,8 @@ class DrawApp:
         self.probabilities = None
         self.label.config(text=EMPTY_TEXT)
         self._show_bars(None, None)
-        self._show_preview(np.zeros((28, 28), dtype=np.uint8))
+        spec = self.predictor.contract.preprocess
+        self._show_preview(np.zeros((spec.height, spec.width), dtype=np.uint8))
         self.status.config(text=f"{self.predictor.provider}")
 
     # ------------------------------------------------------------------ actions
@@ -255,14 +257,16 @@ class DrawApp:
             self.ticker = self.root.after(HEARTBEAT_MS, self._heartbeat)
 
 
-def run(model: str | os.PathLike = "model.onnx", provider: str = "auto", on_notice=None) -> None:
+def run(model: str | os.PathLike = "model.onnx", provider: str = "auto", on_notice=None, flags=None) -> None:
     """Open the model, then the window, and run until the user quits.
+
+    ``flags`` (toolkit.flags.PreprocessFlags) describe a model that carries no toolkit contract.
 
     The model comes first so that a bad path fails with ModelError before any
     window appears (and even where there is no display at all).
     """
     # One image at a time is ~0.1 ms; a thread pool would only add spinning threads to a GUI process.
-    predictor = Predictor.open(model, provider, threads=1)
+    predictor = Predictor.open(model, provider, threads=1, flags=flags)
     root = open_window(f"toolkit draw — {os.path.basename(os.fspath(model))}")
     # Only now: without a display the user should see the one line that matters, not a provider note first.
     if predictor.notice and on_notice:

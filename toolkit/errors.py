@@ -54,6 +54,16 @@ class ModelError(FileProblem):
     """An exported model (ONNX/TorchScript) is missing, corrupt or breaks its contract."""
 
 
+class MissingContract(ModelError):
+    """An ONNX file without the toolkit's contract, and no (or not all) preprocessing options to describe it."""
+
+
+class FlagsMismatch(FileProblem):
+    """Preprocessing options that do not fit the model: its channels, its output width, or the contract it carries."""
+
+    exit_code = EXIT_USAGE
+
+
 class ImageError(FileProblem):
     """An input image cannot be decoded or is not allowed."""
 

@@ -89,7 +89,8 @@ def _what(path: Path, head: bytes) -> str:
     return f"unrecognised binary content (starting {head[:8].hex(' ')})"
 
 
-def describe_onnx(path: str | os.PathLike) -> dict:
+def describe_onnx(path: str | os.PathLike, flags=None) -> dict:
+    """``flags`` (toolkit.flags.PreprocessFlags): also describe the contract predict would use ("contract")."""
     path = Path(path)
     kind = identify(path, expected="an ONNX model")
     if kind != "onnx":
@@ -106,7 +107,27 @@ def describe_onnx(path: str | os.PathLike) -> dict:
         from .runtime import check_output_width
 
         check_output_width(path, output["shape"][-1:], meta["classes"])
-    return {"file": str(path), "kind": "onnx", "size_bytes": path.stat().st_size, **info}
+    info = {"file": str(path), "kind": "onnx", "size_bytes": path.stat().st_size, **info}
+    if flags is not None and flags.given:
+        info["contract"] = _contract(path, flags)
+    elif "contract_version" not in meta:
+        info["contract"] = ("none: predict, bench and draw need --labels, --mean and --std for this file, "
+                            "or a stamped copy (toolkit export FILE --labels ... --out stamped.onnx)")
+    return info
+
+
+def _contract(path: Path, flags) -> dict:
+    """The contract as predict would use it: the file's own (options checked against it) or one from options."""
+    from .flags import DESCRIBED
+    from .runtime import Predictor
+
+    contract = Predictor.open(path, "cpu", flags=flags).contract
+    spec = contract.preprocess
+    return {"source": "options" if contract.exporter == DESCRIBED else "file",
+            "classes": contract.classes, "input": contract.input_name, "layout": spec.layout,
+            "channels": spec.channels, "height": spec.height, "width": spec.width,
+            "batch": contract.input_shape[0], "scale": spec.pixel_scale, "mean": spec.mean, "std": spec.std,
+            "polarity": spec.polarity, "output": contract.output_name, "output_kind": contract.output_kind}
 
 
 def _with_onnx(path: Path) -> dict:

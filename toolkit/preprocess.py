@@ -14,16 +14,35 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 
+LAYOUTS = ("NCHW", "NHWC")
+POLARITIES = ("light-on-dark", "dark-on-light")
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
+    """What a model expects: its input size, channels and layout, and how uint8 pixels become floats.
+
+    ``mean``/``std`` are one number for every channel or one per channel (a tuple). Pixels reach
+    ``normalize`` in MNIST's format (light on dark, see ``to_model_pixels``); a ``dark-on-light`` model
+    gets them inverted there, and a 3-channel model gets the gray digit in every channel.
+    Older files' JSON (no ``channels``, scalar mean/std, NCHW) reads unchanged.
+    """
+
     height: int = 28
     width: int = 28
     pixel_scale: float = 255.0
-    mean: float = 0.5
-    std: float = 0.5
+    mean: float | tuple[float, ...] = 0.5
+    std: float | tuple[float, ...] = 0.5
     # MNIST digits are light strokes on a dark background.
     polarity: str = "light-on-dark"
     layout: str = "NCHW"
+    channels: int = 1
+
+    def __post_init__(self):
+        for name in ("mean", "std"):  # JSON gives lists; a frozen dataclass must stay hashable
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, float(value[0]) if len(value) == 1 else tuple(map(float, value)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,20 +57,70 @@ class PreprocessSpec:
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
         spec = cls(**d)
-        if spec.polarity not in ("light-on-dark", "dark-on-light"):
-            raise ValueError(f"unknown polarity {spec.polarity!r}")
-        if spec.layout != "NCHW":
-            raise ValueError(f"unsupported layout {spec.layout!r}")
-        if spec.std == 0 or spec.pixel_scale == 0:
-            raise ValueError("std and pixel_scale must be non-zero")
+        spec.check()
         return spec
+
+    def check(self) -> None:
+        """ValueError naming the first value a model could not be fed with."""
+        if self.polarity not in POLARITIES:
+            raise ValueError(f"unknown polarity {self.polarity!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unsupported layout {self.layout!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"{self.channels} channels: only 1 (gray) or 3 (the gray digit in R, G and B) are fed")
+        if min(self.height, self.width) < 1:
+            raise ValueError(f"image size {self.height}x{self.width}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != self.channels:
+                raise ValueError(f"{len(value)} {name} values for {self.channels} channel(s)")
+        if 0 in self.stds or self.pixel_scale == 0:
+            raise ValueError("std and pixel_scale must be non-zero")
+
+    @property
+    def stds(self) -> tuple[float, ...]:
+        return self.std if isinstance(self.std, tuple) else (self.std,)
+
+    @property
+    def means(self) -> tuple[float, ...]:
+        return self.mean if isinstance(self.mean, tuple) else (self.mean,)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (1, self.height, self.width)
+        """One image's input dimensions in the model's layout."""
+        if self.layout == "NHWC":
+            return (self.height, self.width, self.channels)
+        return (self.channels, self.height, self.width)
+
+    def _values(self, a: np.ndarray) -> np.ndarray:
+        """The float32 arithmetic for uint8 pixels, channels last when mean/std are per channel.
+
+        x / scale, then (x - mean) / std, in float32, in that order: the seed's ToTensor + Normalize.
+        """
+        if self.polarity == "dark-on-light":
+            a = 255 - a
+        x = a.astype(np.float32)
+        x /= np.float32(self.pixel_scale)
+        if isinstance(self.mean, tuple) or isinstance(self.std, tuple):
+            x = x[..., None] - np.asarray(self.means, dtype=np.float32)
+            x /= np.asarray(self.stds, dtype=np.float32)
+            return x
+        x -= np.float32(self.mean)
+        x /= np.float32(self.std)
+        return x
+
+    def arrange(self, values: np.ndarray) -> np.ndarray:
+        """(N, H, W) or (N, H, W, C) float32 values -> the model's input tensor (channels and layout)."""
+        if values.ndim == 3:
+            values = values[..., None]
+        if values.shape[-1] != self.channels:  # one value per pixel: the gray digit in every channel
+            values = np.repeat(values, self.channels, axis=-1)
+        if self.layout == "NHWC":
+            return values
+        return values[:, :, :, 0][:, None] if self.channels == 1 else np.ascontiguousarray(values.transpose(0, 3, 1, 2))
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 images (N, H, W) or (H, W) -> float32 (N, 1, H, W) model input."""
+        """uint8 images (N, H, W) or (H, W) in MNIST's format -> float32 model input, e.g. (N, 1, H, W)."""
         a = np.asarray(pixels)
         if a.dtype != np.uint8:
             raise TypeError(f"expected uint8 pixels, got {a.dtype}")
@@ -59,23 +128,16 @@ class PreprocessSpec:
             a = a[None]
         if a.shape[1:] != (self.height, self.width):
             raise ValueError(f"expected images of {self.height}x{self.width}, got {a.shape[1:]}")
-        x = a.astype(np.float32)
-        x /= np.float32(self.pixel_scale)
-        x -= np.float32(self.mean)
-        x /= np.float32(self.std)
-        return x[:, None, :, :]
+        return self.arrange(self._values(a))
 
     def lookup_table(self) -> np.ndarray:
-        """``normalize`` of every uint8 value: ``table[pixels]`` equals ``normalize(pixels)`` bit for bit.
+        """``normalize`` of every uint8 value, (256,) or (256, C) per channel:
+        ``arrange(table[pixels])`` equals ``normalize(pixels)`` bit for bit.
 
         The same float32 operations in the same order, applied to the 256 possible inputs;
         one gather per pixel is several times cheaper than converting and dividing.
         """
-        x = np.arange(256, dtype=np.uint8).astype(np.float32)
-        x /= np.float32(self.pixel_scale)
-        x -= np.float32(self.mean)
-        x /= np.float32(self.std)
-        return x
+        return self._values(np.arange(256, dtype=np.uint8))
 
 
 MNIST = PreprocessSpec()
@@ -110,7 +172,7 @@ def is_mnist_formatted(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> bool:
 
 
 def to_model_pixels(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> np.ndarray:
-    """Any 8-bit grayscale image (H, W) -> (28, 28) uint8 in MNIST's own format.
+    """Any 8-bit grayscale image (H, W) -> (spec.height, spec.width) uint8 in MNIST's own format.
 
     The rule (documented in README and `toolkit predict --help`):
       * an image that is already 28x28 with a dark border is used unchanged;
@@ -150,7 +212,7 @@ def to_model_pixels(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> np.ndarra
     cols = np.flatnonzero(ink.any(axis=0))
     crop = img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
-    box = round(20 * spec.height / 28)  # MNIST: digits fit a 20x20 box inside 28x28
+    box = round(20 * min(spec.height, spec.width) / 28)  # MNIST: digits fit a 20x20 box inside 28x28
     ch, cw = crop.shape
     scale = box / max(ch, cw)
     nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))

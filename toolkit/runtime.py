@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import ModelContract
+from .contract import ModelContract, has_contract
 from .errors import ModelError, NonFiniteOutput, ProviderUnavailable
+from .flags import PreprocessFlags, check_agreement, contract_from_flags
 
 PROVIDERS = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
@@ -147,6 +148,19 @@ def read_contract(session, path) -> ModelContract:
     return contract
 
 
+def model_contract(session, path, flags: PreprocessFlags | None = None) -> ModelContract:
+    """The contract the model carries (options, if given, must agree with it), or one built from the
+    options and the graph (toolkit.flags); its output_kind is settled by ``Predictor.open``'s probe."""
+    if has_contract(session.get_modelmeta().custom_metadata_map):
+        contract = read_contract(session, path)
+        if flags is not None and flags.given:
+            check_agreement(path, contract, flags)
+        return contract
+    from .graph import input_facts
+
+    return contract_from_flags(path, flags, input_facts(session, path))
+
+
 def check_output_width(path, width: list, classes: list[str]) -> None:
     """A class list that does not match the output width would mislabel every prediction.
 
@@ -165,7 +179,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Predictor:
-    """An ONNX model plus its contract: uint8 28x28 pixels in, class probabilities out."""
+    """An ONNX model plus its contract: uint8 pixels in MNIST's format (the model's size) in, class probabilities out.
+
+    A model without the toolkit's contract is opened with ``flags`` (toolkit.flags); whether its output
+    is already a probability is then found by a probe run (toolkit.graph.outputs_are_probabilities).
+    """
 
     path: Path
     session: object
@@ -174,10 +192,19 @@ class Predictor:
     contract: ModelContract
 
     @classmethod
-    def open(cls, path: str | os.PathLike = "model.onnx", provider: str = "auto", threads: int | None = None):
+    def open(cls, path: str | os.PathLike = "model.onnx", provider: str = "auto", threads: int | None = None,
+             flags: PreprocessFlags | None = None):
         path = Path(path)
         session, used, notice = create_session(path, provider, threads)
-        return cls(path=path, session=session, provider=used, notice=notice, contract=read_contract(session, path))
+        contract = model_contract(session, path, flags)
+        predictor = cls(path=path, session=session, provider=used, notice=notice, contract=contract)
+        if not has_contract(session.get_modelmeta().custom_metadata_map):
+            from .graph import outputs_are_probabilities, probe_pixels
+
+            spec = contract.preprocess
+            probe = predictor.logits(spec.normalize(probe_pixels(spec.height, spec.width)))
+            contract.output_kind = "probabilities" if outputs_are_probabilities(probe) else "logits"
+        return predictor
 
     @property
     def classes(self) -> list[str]:
@@ -221,7 +248,13 @@ class Predictor:
         bad = non_finite_rows(logits)
         if bad:
             raise NonFiniteOutput(self.path, bad)
-        return softmax(logits.astype(np.float32))
+        return self.to_probabilities(logits)
+
+    def to_probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """The model's finite outputs as probabilities: softmax of logits; a graph's own softmax is not repeated."""
+        if self.contract.output_kind == "probabilities":
+            return outputs.astype(np.float32)
+        return softmax(outputs.astype(np.float32))
 
 
 def non_finite_rows(logits: np.ndarray) -> list[int]:

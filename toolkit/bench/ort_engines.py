@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from .. import runtime
+from ..contract import has_contract
 from ..errors import ModelError, ProviderUnavailable
 from .engine import Case, Engine, Instance
 
@@ -109,8 +110,10 @@ class OrtFileEngine(Engine):
             config = {**config, "cuda_graph": bool(options.get("cuda_graph"))}
         instance = OrtInstance(session, provider, config, threads,
                                bool(options.get("cuda_graph")) and provider == "cuda", self.artifact())
-        # export writes the precision into each file's contract ("int8" for the quantized one)
-        instance.precision = runtime.read_contract(session, self.artifact()).precision
+        # export writes the precision into each file's contract ("int8" for the quantized one); a model
+        # described by options (checked by the runner) has none: its input is float32
+        has = has_contract(session.get_modelmeta().custom_metadata_map)
+        instance.precision = runtime.read_contract(session, self.artifact()).precision if has else "float32"
         if instance.precision != self.precision:
             instance.notes.append(f"the contract of {self.artifact().name} says {instance.precision}, "
                                   f"not the {self.precision} this engine expects")

@@ -48,6 +48,7 @@ class BenchSettings:
     peak: bool = True
     seed: int = 0
     command: str = ""  # how the run was asked for, recorded in the report
+    flags: object = None  # toolkit.flags.PreprocessFlags for a model without the toolkit's contract
 
     def validate(self) -> None:
         if self.provider not in PROVIDER_CHOICES:
@@ -58,9 +59,9 @@ class BenchSettings:
             raise ValueError("give runs or duration, not both")
 
 
-def _model_info(path: Path):
+def _model_info(path: Path, flags=None):
     session, _, _ = runtime.create_session(path, "cpu")
-    contract = runtime.read_contract(session, path)
+    contract = runtime.model_contract(session, path, flags)
     return contract, ModelInfo(path=str(path), sha256=file_sha256(path), size_bytes=path.stat().st_size,
                                precision=contract.precision, input_shape=contract.input_shape,
                                flops_per_image=contract.flops_per_image)
@@ -215,7 +216,7 @@ def run_bench(settings: BenchSettings, engines: Mapping[str, type[Engine]],
     peaks = {"cpu": cpu_peak} if peaks is None else peaks
     load_start = _load_average()
     model = Path(settings.model)
-    contract, model_info = _model_info(model)
+    contract, model_info = _model_info(model, settings.flags)
     threads = settings.threads or physical_cores()
     duration = None if settings.runs is not None else (settings.duration or DEFAULT_DURATION)
     batches = list(dict.fromkeys(settings.batch_sizes))

@@ -2,7 +2,7 @@ import shlex
 
 import click
 
-from .options import FiniteFloat, force_option, model_option, provider_option
+from .options import FiniteFloat, force_option, model_option, preprocess_options, provider_option
 
 
 def _int_list(ctx, param, value):
@@ -78,8 +78,9 @@ def _refuse_shared_paths(model, json_path, plot_path) -> None:
               help="Write a PNG of latency and throughput against batch size (needs matplotlib).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @force_option
+@preprocess_options
 def command(model, provider, engines, batch_sizes, warmup, runs, duration, threads, cuda_graph, no_peak,
-            json_path, plot_path, progress, force) -> None:
+            json_path, plot_path, progress, force, flags) -> None:
     """Measure latency and throughput of the exported model.
 
     Per engine, provider and batch size: session creation and first run apart, then
@@ -121,7 +122,7 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
 
     settings = BenchSettings(model=model, provider=provider, batch_sizes=batch_sizes, warmup=warmup, runs=runs,
                              duration=duration, threads=threads, engines=engines, cuda_graph=cuda_graph,
-                             peak=not no_peak, command=_as_command(click.get_current_context()))
+                             peak=not no_peak, command=_as_command(click.get_current_context()), flags=flags)
     report = run_bench(settings, known, {"cpu": cpu_peak, "cuda": cuda_peak}, progress=progress)
     click.echo(render(report))
     if json_path:

@@ -1,12 +1,13 @@
 import click
 
-from .options import model_option, provider_option
+from .options import model_option, preprocess_options, provider_option
 
 
 @click.command("draw")
 @model_option
 @provider_option()
-def command(model, provider) -> None:
+@preprocess_options
+def command(model, provider, flags) -> None:
     """Draw a digit with the mouse and watch the exported model classify it live.
 
     \b
@@ -21,4 +22,4 @@ def command(model, provider) -> None:
     """
     from toolkit.draw import run
 
-    run(model, provider, on_notice=lambda msg: click.echo(f"toolkit: {msg}", err=True))
+    run(model, provider, on_notice=lambda msg: click.echo(f"toolkit: {msg}", err=True), flags=flags)

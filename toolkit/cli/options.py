@@ -48,3 +48,46 @@ def exit_codes_help(wording: dict[int, str] | None = None, omit: tuple[int, ...]
         raise ValueError(f"exit codes not in toolkit.errors.EXIT_CODES: {sorted(unknown)}")
     rows = [f"  {code:<5}{wording.get(code, meaning)}" for code, meaning in EXIT_CODES if code not in omit]
     return "\b\nExit codes:\n" + "\n".join(rows) + "\n"
+
+
+PREPROCESS_HELP = "Describe a model that carries no toolkit contract (or stamp it once: `toolkit export MODEL.onnx " \
+                  "--labels ... --out stamped.onnx`); on a model that has one they must agree with it."
+
+
+def preprocess_options(command):
+    """--labels, --mean, --std, --scale, --polarity: the command receives them as one ``flags`` argument,
+    a toolkit.flags.PreprocessFlags (fields None where not given; ``flags.given`` is False when none was)."""
+    import functools
+
+    def parsed(ctx, param, value):
+        from toolkit.flags import PreprocessFlags
+
+        try:  # each option alone: the error names it
+            PreprocessFlags.parse(**{param.name: value})
+        except ValueError as e:
+            raise click.BadParameter(str(e).split(": ", 1)[-1], ctx=ctx, param=param) from None
+        return value
+
+    @functools.wraps(command)
+    def wrapper(*args, labels, mean, std, scale, polarity, **kwargs):
+        from toolkit.flags import PreprocessFlags
+
+        flags = PreprocessFlags.parse(labels=labels, mean=mean, std=std, scale=scale, polarity=polarity)
+        return command(*args, flags=flags, **kwargs)
+
+    options = [
+        click.option("--labels", metavar="FILE|a,b,c", callback=parsed,
+                     help="Class names in output order: a file with one per line, or a comma list. " + PREPROCESS_HELP),
+        click.option("--mean", metavar="M|M1,M2,M3", callback=parsed,
+                     help="Subtracted after --scale: one value, or one per channel."),
+        click.option("--std", metavar="S|S1,S2,S3", callback=parsed,
+                     help="Divides after --mean: one value, or one per channel."),
+        click.option("--scale", type=FiniteFloat(min=0, min_open=True), metavar="X", callback=parsed,
+                     help="Pixels (0-255) are divided by this first.  [default: 255]"),
+        click.option("--polarity", type=click.Choice(["light-on-dark", "dark-on-light"]), callback=parsed,
+                     help="What the model was trained on: light digits on a dark background (MNIST) or the "
+                          "reverse.  [default: light-on-dark]"),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

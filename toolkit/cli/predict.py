@@ -4,7 +4,7 @@ import signal
 import click
 
 from ..errors import EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE
-from .options import exit_codes_help, force_option, model_option, provider_option
+from .options import exit_codes_help, force_option, model_option, preprocess_options, provider_option
 
 EPILOG = """\b
 Preprocessing (from the model's metadata; same module as train/export):
@@ -101,8 +101,9 @@ def _refuse_shared_paths(paths, output, confusion) -> None:
               help="Decoding processes. Default: one per CPU core when there are many images; 0 decodes in this "
                    "process; at most four per usable CPU (more is capped, with a notice).")
 @force_option
+@preprocess_options
 @click.pass_context
-def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, force) -> None:
+def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, force, flags) -> None:
     """Predict the digit in each image file, or in every image under each folder.
 
     Runs on ONNX Runtime only (no torch). Decoding uses every CPU core,
@@ -117,7 +118,7 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
 
     try:
         summary = predict_paths(paths, model=model, provider=provider, batch_size=batch_size, top_k=top_k,
-                                output=output, confusion=confusion, force=force, workers=workers,
+                                output=output, confusion=confusion, force=force, workers=workers, flags=flags,
                                 reporter=TerminalReporter())
     except KeyboardInterrupt as e:  # PredictInterrupted, or one more signal that came while it was on its way
         # First, before any Python code can run a handler: the run is over and its rows are safe; more signals

@@ -44,7 +44,7 @@ from ..atomic import atomic_file, check_writable
 from ..errors import EXIT_OK, EXIT_PARTIAL, ImageError, ToolkitError
 from ..machine import usable_cpus
 from ..preprocess import MNIST, PreprocessSpec, is_blank, to_model_pixels
-from ..runtime import non_finite_rows, softmax
+from ..runtime import non_finite_rows
 from .decode import bombs_refused, decode_gray, read_gray, read_gray_unguarded, to_gray
 from .inputs import collect
 from .output import ResultWriter, check_output, default_confusion_path, output_format, top_k_indices, write_confusion_png
@@ -372,8 +372,10 @@ class _Stop:
 def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: str = "auto",
                   batch_size: int = DEFAULT_BATCH_SIZE, top_k: int = 3, output: str | os.PathLike | None = None,
                   confusion: str | os.PathLike | None = None, force: bool = False, workers: int | None = None,
-                  reporter: Reporter | None = None) -> Summary:
+                  reporter: Reporter | None = None, flags=None) -> Summary:
     """Predict every image under ``paths``; see docs/predict.md for the rules and outputs.
+
+    ``flags`` (toolkit.flags.PreprocessFlags) describe a model that carries no toolkit contract.
 
     Raises ModelError/OutputError/ProviderUnavailable/NoImages before any work when the run
     cannot succeed, and PredictInterrupted (a KeyboardInterrupt) after keeping partial results.
@@ -414,7 +416,7 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
             # With decoding workers on every core, more ORT threads only contend with them: one
             # thread per four cores measured faster than ORT's default on the 2-core build machine.
             threads = max(1, usable_cpus() // 4) if decoder.workers else None
-            predictor = Predictor.open(model, provider, threads)
+            predictor = Predictor.open(model, provider, threads, flags=flags)
             decoder.announce(predictor.contract.preprocess)
             classes = predictor.classes
             top_k = min(top_k, len(classes))
@@ -478,7 +480,7 @@ def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, repo
 
     def run_batch(picked: list[int], pixels: np.ndarray) -> None:
         # == predictor.probabilities(pixels), with normalisation by table (bit-identical, cheaper)
-        logits = predictor.logits(lookup[pixels][:, None, :, :])
+        logits = predictor.logits(spec.arrange(lookup[pixels]))
         bad = non_finite_rows(logits)
         if bad:  # NaN/Inf is no prediction, whatever its argmax: those images are skipped, the others kept
             for i in bad:
@@ -490,7 +492,7 @@ def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, repo
             picked, pixels, logits = [f for f, k in zip(picked, keep) if k], pixels[keep], logits[keep]
             if not picked:
                 return
-        probs = softmax(logits.astype(np.float32))
+        probs = predictor.to_probabilities(logits)
         top = top_k_indices(probs, top_k)
         paths = [files[i] for i in picked]
         expected = [labels[i] for i in picked]

@@ -1,0 +1,194 @@
+"""A model's contract from command-line preprocessing options, for models the toolkit did not export.
+
+The five options (--labels, --mean, --std, --scale, --polarity) say what the graph cannot: the class
+names and how pixels become floats. The graph says the rest (``InputFacts``: channels, size, layout),
+read by ``toolkit.graph`` from an ONNX file or given by ``toolkit export --module --input-shape``.
+Parsing raises ValueError (the CLI makes it a usage error); fitting options to a model raises
+FlagsMismatch (exit 2), and a model that has neither contract nor options MissingContract (exit 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .contract import ModelContract
+from .errors import FlagsMismatch, MissingContract
+from .preprocess import POLARITIES, PreprocessSpec
+
+OPTION_NAMES = {"labels": "--labels", "mean": "--mean", "std": "--std", "scale": "--scale",
+                "polarity": "--polarity"}
+DESCRIBED = "described by options"  # a contract's exporter when it was built here, not read from the file
+REQUIRED = ("labels", "mean", "std")  # --scale defaults to 255, --polarity to light-on-dark
+DEFAULT_SCALE = 255.0
+DEFAULT_POLARITY = "light-on-dark"
+STAMP_HINT = ("or stamp them into a copy once: toolkit export MODEL.onnx --labels ... --mean ... --std ... "
+              "--out stamped.onnx")
+
+
+def parse_labels(value: str) -> tuple[str, ...]:
+    """An existing file (one label per line, blank lines ignored) or a comma list ``a,b,c``."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read labels file {value!r} ({type(e).__name__}: {e})") from None
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+        where = f"labels file {value!r}"
+    elif "," in value:
+        labels = [v.strip() for v in value.split(",")]
+        where = f"label list {value!r}"
+    else:
+        raise ValueError(f"{value!r} is neither a labels file (no such file) nor a comma list such as 0,1,2")
+    if len(labels) < 2:
+        raise ValueError(f"{where} names {len(labels)} label(s); a classifier has at least 2")
+    if "" in labels:
+        raise ValueError(f"{where} has an empty label")
+    if len(set(labels)) != len(labels):
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        raise ValueError(f"{where} names {', '.join(twice)} more than once")
+    return tuple(labels)
+
+
+def parse_numbers(value: str, name: str) -> tuple[float, ...]:
+    """``M`` or ``M1,M2,M3``: finite numbers (std also non-zero)."""
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"expected a number or three comma-separated numbers, got {value!r}") from None
+    if len(numbers) not in (1, 3):
+        raise ValueError(f"give one value or three (one per channel), got {len(numbers)}")
+    if not all(math.isfinite(n) for n in numbers):
+        raise ValueError(f"{value!r} holds a value that is not a finite number")
+    if name == "std" and 0 in numbers:
+        raise ValueError("a standard deviation of 0 divides by zero")
+    return numbers
+
+
+@dataclass(frozen=True)
+class PreprocessFlags:
+    """The options as given; None where an option was not given."""
+
+    labels: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    polarity: str | None = None
+
+    @classmethod
+    def parse(cls, labels: str | None = None, mean: str | None = None, std: str | None = None,
+              scale: float | None = None, polarity: str | None = None) -> "PreprocessFlags":
+        """From option strings; ValueError names the option and what is wrong."""
+        def each(name, value, parse):
+            try:
+                return None if value is None else parse(value)
+            except ValueError as e:
+                raise ValueError(f"{OPTION_NAMES[name]}: {e}") from None
+
+        if scale is not None and not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"--scale: must be a finite number above 0, got {scale}")
+        if polarity is not None and polarity not in POLARITIES:
+            raise ValueError(f"--polarity: choose {' or '.join(POLARITIES)}, got {polarity!r}")
+        return cls(labels=each("labels", labels, parse_labels), mean=each("mean", mean, lambda v: parse_numbers(v, "mean")),
+                   std=each("std", std, lambda v: parse_numbers(v, "std")), scale=scale, polarity=polarity)
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.labels, self.mean, self.std, self.scale, self.polarity))
+
+    @property
+    def missing(self) -> list[str]:
+        return [OPTION_NAMES[name] for name in REQUIRED if getattr(self, name) is None]
+
+
+@dataclass(frozen=True)
+class InputFacts:
+    """What the model's input is, read from its graph (``toolkit.graph``) or given (``--input-shape``)."""
+
+    channels: int
+    height: int
+    width: int
+    layout: str = "NCHW"  # or "NHWC"
+    batch: int | None = None  # a fixed batch size, or None when dynamic
+    name: str = "input"
+    output_name: str = "output"
+    output_width: int | None = None  # None when the graph leaves it unknown until run time
+
+
+def require_flags(path, flags: PreprocessFlags | None) -> PreprocessFlags:
+    """``flags`` when complete; else MissingContract saying which options are missing and how to stamp."""
+    missing = flags.missing if flags is not None else list(OPTION_NAMES.values())[:3]
+    if not missing:
+        return flags
+    given = " (got " + ", ".join(o for n, o in OPTION_NAMES.items() if getattr(flags, n) is not None) + ")" \
+        if flags is not None and flags.given else ""
+    raise MissingContract(path, "has no toolkit contract (classes, preprocessing); describe it with "
+                                f"{' '.join(m + ' ...' for m in missing)}{given} [--scale 255] "
+                                f"[--polarity light-on-dark], {STAMP_HINT}")
+
+
+def _per_channel(path, values: tuple[float, ...], name: str, channels: int) -> float | tuple[float, ...]:
+    if len(values) == 1:
+        return values[0]
+    if len(values) != channels:
+        raise FlagsMismatch(path, f"{OPTION_NAMES[name]} gives {len(values)} values but the model's input has "
+                                  f"{channels} channel(s): give one value, or one per channel")
+    return values
+
+
+def preprocess_from_flags(path, flags: PreprocessFlags | None, facts: InputFacts) -> tuple[list[str], PreprocessSpec]:
+    """(classes, PreprocessSpec) for a model whose input is ``facts``; typed errors name ``path``."""
+    flags = require_flags(path, flags)
+    spec = PreprocessSpec(height=facts.height, width=facts.width,
+                          pixel_scale=DEFAULT_SCALE if flags.scale is None else flags.scale,
+                          mean=_per_channel(path, flags.mean, "mean", facts.channels),
+                          std=_per_channel(path, flags.std, "std", facts.channels),
+                          polarity=flags.polarity or DEFAULT_POLARITY, layout=facts.layout, channels=facts.channels)
+    try:
+        spec.check()
+    except ValueError as e:
+        raise FlagsMismatch(path, str(e)) from None
+    classes = list(flags.labels)
+    if facts.output_width is not None and facts.output_width != len(classes):
+        raise FlagsMismatch(path, f"the model has {facts.output_width} outputs but --labels names {len(classes)} "
+                                  "labels: give one label per output, in output order")
+    return classes, spec
+
+
+def contract_from_flags(path, flags: PreprocessFlags | None, facts: InputFacts,
+                        output_kind: str = "logits") -> ModelContract:
+    """The contract a toolkit export would have written, from the options and the input facts."""
+    classes, spec = preprocess_from_flags(path, flags, facts)
+    return ModelContract(input_name=facts.name, input_shape=[facts.batch or "batch", *spec.input_shape],
+                         input_dtype="float32", output_name=facts.output_name, classes=classes, preprocess=spec,
+                         exporter=DESCRIBED, output_kind=output_kind)
+
+
+def check_agreement(path, contract: ModelContract, flags: PreprocessFlags) -> None:
+    """Options given for a model that carries a contract must say what it says (compared as float32,
+    the precision the preprocessing computes in); FlagsMismatch lists every difference."""
+    spec = contract.preprocess
+    differ = []
+    if flags.labels is not None and list(flags.labels) != contract.classes:
+        differ.append(f"--labels {','.join(flags.labels)} vs {','.join(contract.classes)}")
+    for name, theirs in (("mean", spec.means), ("std", spec.stds)):
+        ours = getattr(flags, name)
+        if ours is not None and not _same(ours, theirs, spec.channels):
+            differ.append(f"{OPTION_NAMES[name]} {','.join(map(str, ours))} vs {','.join(map(str, theirs))}")
+    if flags.scale is not None and np.float32(flags.scale) != np.float32(spec.pixel_scale):
+        differ.append(f"--scale {flags.scale:g} vs {spec.pixel_scale:g}")
+    if flags.polarity is not None and flags.polarity != spec.polarity:
+        differ.append(f"--polarity {flags.polarity} vs {spec.polarity}")
+    if differ:
+        raise FlagsMismatch(path, "carries a toolkit contract that the options contradict ("
+                                  + "; ".join(differ) + "): leave the options out, the file says it all")
+
+
+def _same(ours: tuple[float, ...], theirs: tuple[float, ...], channels: int) -> bool:
+    a = np.broadcast_to(np.asarray(ours, np.float32), (channels,)) if len(ours) in (1, channels) else None
+    b = np.broadcast_to(np.asarray(theirs, np.float32), (channels,)) if len(theirs) in (1, channels) else None
+    return a is not None and b is not None and bool((a == b).all())

@@ -3,7 +3,7 @@ import click
 from toolkit.export.defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_DROP, DEFAULT_ONNX_EXPORTER,
                                      DEFAULT_OPSET, DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS, missing_requirement)
 
-from .options import FiniteFloat, data_dir_option, force_option
+from .options import FiniteFloat, data_dir_option, force_option, preprocess_options
 
 NAMES = (*FORMATS, "int8", "all")  # int8 is the --int8 variant, named like a format
 
@@ -51,10 +51,14 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], bool
                    "with its size and batch-1 latency against float32.")
 @click.option("--int8-max-drop", type=FiniteFloat(min=0), default=DEFAULT_INT8_MAX_DROP, show_default=True,
               help="INT8 gate: most test-accuracy points it may lose against float32.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Stamping an ONNX file (CHECKPOINT is a .onnx made elsewhere): where the copy with the "
+                   "contract from --labels/--mean/--std/--scale/--polarity goes. The input file is never modified.")
 @data_dir_option
 @force_option
-def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, data_dir,
-            force) -> None:
+@preprocess_options
+def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, out, data_dir,
+            force, flags) -> None:
     """Export a checkpoint (toolkit's own or a seed-style state_dict) to TorchScript, ONNX and .pt2.
 
     \b
@@ -65,7 +69,26 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     Files appear only if every check passes; on failure nothing is written
     or replaced and the exit code is 4.
     Existing outputs are refused (exit 1) unless --force is given.
+
+    \b
+    Stamp once: toolkit export theirs.onnx --labels 0,1,...,9 --mean 0.5
+    --std 0.5 --out stamped.onnx validates their model (onnx.checker, ONNX
+    Runtime, one output per label, finite outputs on random and, for digit
+    labels, real MNIST digits) and writes a copy that needs no options.
     """
+    from toolkit.export.stamp import is_onnx
+
+    if is_onnx(checkpoint):
+        from toolkit.export.stamp import render, stamp_onnx
+
+        if out is None or flags.missing:
+            raise click.UsageError("stamping an ONNX file needs " + ", ".join(
+                [o for o in flags.missing] + (["--out FILE"] if out is None else [])))
+        click.echo(render(stamp_onnx(checkpoint, flags, out, force=force, data_dir=data_dir)))
+        click.echo(f"wrote {out}")
+        return
+    if out is not None:
+        raise click.UsageError("--out is for stamping an ONNX file; a checkpoint's files go to --out-dir")
     from toolkit.export.pipeline import export_checkpoint
     from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed

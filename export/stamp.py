@@ -1,0 +1,138 @@
+"""`toolkit export theirs.onnx --labels ... --mean ... --std ... --out stamped.onnx`: a copy that carries the contract.
+
+The contract is the one predict would build from the same options (toolkit.flags + toolkit.graph:
+layout, channels, size, batch, whether the output is already a probability), so a stamped file behaves
+exactly as the flag-described original, with no flags. Before anything is written the original must pass
+onnx.checker, load in ONNX Runtime, have one output per label and give finite outputs on a random batch
+and, when the labels are the digits 0-9, on real MNIST test digits (their accuracy is reported). The copy
+is checked again after writing (contract read back, outputs identical) before it takes its final name;
+the input file is only read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.atomic import atomic_path, check_writable, file_sha256, same_path
+from toolkit.contract import KEY_PREFIX
+from toolkit.errors import ModelError, OutputError, ValidationFailed
+from toolkit.flags import PreprocessFlags
+from toolkit.inspect import identify
+from toolkit.preprocess import to_model_pixels
+
+from .onnx_export import check_onnx, graph_opset
+
+DIGITS = [str(d) for d in range(10)]
+RANDOM_IMAGES = 64
+LOW_ACCURACY = 0.5  # worth a word: a digit classifier below this on MNIST is likely fed the wrong way
+DIGIT_IMAGES = 1000  # the first MNIST test digits: enough to tell a working preprocessing from a wrong one
+
+
+def is_onnx(path: str | os.PathLike) -> bool:
+    """An existing ONNX file by content (a .pth, a missing or unreadable file: no; their loader says why)."""
+    from toolkit.errors import ToolkitError
+
+    try:
+        return identify(path) == "onnx"
+    except ToolkitError:
+        return False
+
+
+@dataclass
+class StampReport:
+    source: str
+    out: str
+    classes: list[str]
+    preprocess: dict
+    layout: str
+    batch: int | str
+    output_kind: str
+    random_images: int
+    digit_images: int  # 0 when the labels are not the digits 0-9
+    digit_accuracy: float | None  # fraction of those predicted as their MNIST label
+
+
+def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: str | os.PathLike, *,
+               force: bool = False, data_dir: str | os.PathLike | None = None) -> StampReport:
+    """Validate ``source`` as described by ``flags`` and write a copy with the contract embedded at ``out``."""
+    import onnx
+
+    from toolkit.runtime import Predictor
+
+    source, out = Path(source), Path(out)
+    if identify(source, expected="an ONNX model") != "onnx":
+        raise ModelError(source, "is not an ONNX model; only ONNX files are stamped")
+    if out.exists() and same_path(source, out):
+        raise OutputError(out, "is the input model: the original is never modified, choose another --out")
+    check_writable(out, force=force)
+    check_onnx(source)
+    proto = onnx.load(str(source))
+    if any(p.key.startswith(KEY_PREFIX) for p in proto.metadata_props):
+        raise ModelError(source, "already carries a toolkit contract: it needs no stamp (and no options)")
+    predictor = Predictor.open(source, "cpu", flags=flags)  # loads in ORT, reads the graph, probes the output
+    contract, spec = predictor.contract, predictor.contract.preprocess
+    random_x = spec.normalize(np.random.default_rng(0).integers(0, 256, (RANDOM_IMAGES, spec.height, spec.width),
+                                                                  dtype=np.uint8))
+    reference = _finite(source, predictor, random_x, "random images")
+    accuracy, digits = None, 0
+    if contract.classes == DIGITS:
+        accuracy, digits = _digit_accuracy(source, predictor, data_dir)
+
+    contract = dataclasses.replace(contract, exporter="stamped by toolkit export", source_sha256=file_sha256(source),
+                                   onnx_version=onnx.__version__, opset=graph_opset(source))
+    kept = [(p.key, p.value) for p in proto.metadata_props]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *contract.to_metadata().items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_path(out, replace=force) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+        check_onnx(tmp)
+        stamped = Predictor.open(tmp, "cpu")  # no options: the file alone must say it all
+        if stamped.contract.to_metadata() != contract.to_metadata():
+            raise ValidationFailed(f"{out}: the contract read back from the copy differs from the one written")
+        if not np.array_equal(stamped.logits(random_x), reference):
+            raise ValidationFailed(f"{out}: the stamped copy computes different outputs from the original")
+    return StampReport(source=str(source), out=str(out), classes=contract.classes, preprocess=spec.to_dict(),
+                       layout=spec.layout, batch=contract.input_shape[0], output_kind=contract.output_kind,
+                       random_images=RANDOM_IMAGES, digit_images=digits, digit_accuracy=accuracy)
+
+
+def _finite(path: Path, predictor, x: np.ndarray, what: str) -> np.ndarray:
+    outputs = predictor.logits(x)
+    bad = int((~np.isfinite(outputs).all(axis=1)).sum())
+    if bad:
+        raise ValidationFailed(f"{path}: the model's output is NaN or infinite for {bad} of {len(x)} {what}")
+    return outputs
+
+
+def _digit_accuracy(path: Path, predictor, data_dir) -> tuple[float, int]:
+    """Accuracy on the first MNIST test digits, brought to the model's size the way predict does."""
+    from toolkit.train.data import load_mnist
+
+    data = load_mnist(data_dir, quiet=True)
+    images, labels = data.test_images[:DIGIT_IMAGES], data.test_labels[:DIGIT_IMAGES]
+    spec = predictor.contract.preprocess
+    pixels = np.stack([to_model_pixels(image, spec) for image in images])
+    outputs = _finite(path, predictor, spec.normalize(pixels), "MNIST test digits")
+    return float((outputs.argmax(axis=1) == labels).mean()), len(images)
+
+
+def render(report: StampReport) -> str:
+    spec = report.preprocess
+    lines = [f"{report.source}: {len(report.classes)} classes ({', '.join(report.classes)}), input {report.layout} "
+             f"{spec['channels']}x{spec['height']}x{spec['width']}, "
+             + (f"fixed batch {report.batch}" if isinstance(report.batch, int) else "dynamic batch")
+             + f", output {report.output_kind}",
+             f"preprocessing: x / {spec['pixel_scale']:g}, mean {spec['mean']}, std {spec['std']}, {spec['polarity']}",
+             f"finite outputs on {report.random_images} random images"]
+    if report.digit_accuracy is not None:
+        low = report.digit_accuracy < LOW_ACCURACY
+        lines.append(f"MNIST test digits: {report.digit_accuracy:.2%} correct of the first {report.digit_images}"
+                     + (" (low: are --mean/--std/--scale/--polarity what the model was trained with?)" if low else ""))
+    return "\n".join(lines)

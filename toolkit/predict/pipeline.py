@@ -481,30 +481,7 @@ def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, repo
     def run_batch(picked: list[int], pixels: np.ndarray) -> None:
         # == predictor.probabilities(pixels), with normalisation by table (bit-identical, cheaper)
         logits = predictor.logits(spec.arrange(lookup[pixels]))
-        bad = non_finite_rows(logits)
-        if bad:  # NaN/Inf is no prediction, whatever its argmax: those images are skipped, the others kept
-            for i in bad:
-                kind = "NaN" if np.isnan(logits[i]).any() else "Inf"
-                reporter.skipped(files[picked[i]], f"the model's output for this image is {kind}, not a prediction")
-            summary.skipped += len(bad)
-            keep = np.ones(len(picked), dtype=bool)
-            keep[bad] = False
-            picked, pixels, logits = [f for f, k in zip(picked, keep) if k], pixels[keep], logits[keep]
-            if not picked:
-                return
-        probs = predictor.to_probabilities(logits)
-        top = top_k_indices(probs, top_k)
-        paths = [files[i] for i in picked]
-        expected = [labels[i] for i in picked]
-        blank = is_blank(pixels)
-        labelled = [i for i, e in enumerate(expected) if e is not None and not blank[i]]
-        if labelled:
-            np.add.at(summary.confusion, ([index[expected[i]] for i in labelled], top[labelled, 0]), 1)
-        if writer:
-            writer.write(paths, expected, probs, top, blank)
-        summary.images += len(paths)
-        summary.blank += int(blank.sum())
-        reporter.predicted(paths, expected, probs, top, blank)
+        record_batch(files, labels, index, top_k, summary, writer, reporter, predictor, picked, logits, is_blank(pixels))
 
     pending: list[int] = []  # file indices decoded but not yet predicted
     pending_pixels: list[np.ndarray] = []
@@ -537,3 +514,36 @@ def _stream(inputs, decoder, predictor, batch_size, top_k, summary, writer, repo
     if pending:
         run_batch(pending, np.concatenate(pending_pixels))
     return None
+
+
+def record_batch(files, labels, index, top_k, summary, writer, reporter, predictor, picked: list[int],
+                 logits: np.ndarray, blank: np.ndarray) -> None:
+    """Turn one batch of model outputs into rows, counts and the confusion matrix (every engine calls this).
+
+    ``picked``: the batch's file indices, in output order; ``labels[i]``: file i's expected class or None;
+    ``index``: class name -> column; ``blank[j]``: no ink in image j (no label, whatever the model said);
+    ``predictor``: only its ``to_probabilities`` is used (the model itself may have run elsewhere).
+    """
+    bad = non_finite_rows(logits)
+    if bad:  # NaN/Inf is no prediction, whatever its argmax: those images are skipped, the others kept
+        for i in bad:
+            kind = "NaN" if np.isnan(logits[i]).any() else "Inf"
+            reporter.skipped(files[picked[i]], f"the model's output for this image is {kind}, not a prediction")
+        summary.skipped += len(bad)
+        keep = np.ones(len(picked), dtype=bool)
+        keep[bad] = False
+        picked, blank, logits = [f for f, k in zip(picked, keep) if k], blank[keep], logits[keep]
+        if not picked:
+            return
+    probs = predictor.to_probabilities(logits)
+    top = top_k_indices(probs, top_k)
+    paths = [files[i] for i in picked]
+    expected = [labels[i] for i in picked]
+    labelled = [i for i, e in enumerate(expected) if e is not None and not blank[i]]
+    if labelled:
+        np.add.at(summary.confusion, ([index[expected[i]] for i in labelled], top[labelled, 0]), 1)
+    if writer:
+        writer.write(paths, expected, probs, top, blank)
+    summary.images += len(paths)
+    summary.blank += int(blank.sum())
+    reporter.predicted(paths, expected, probs, top, blank)

@@ -29,7 +29,8 @@ def describe(path: str | os.PathLike) -> dict:
 
 def describe_checkpoint(path: str | os.PathLike) -> dict:
     from toolkit.train.checkpoint import load_checkpoint
-    from toolkit.train.model import SimpleNN, parameter_count
+    from toolkit.train.architectures import build
+    from toolkit.train.model import parameter_count
 
     ck = load_checkpoint(path)
     return {
@@ -37,9 +38,10 @@ def describe_checkpoint(path: str | os.PathLike) -> dict:
         "kind": "checkpoint" if ck.kind == "toolkit" else "state_dict (seed format)",
         "size_bytes": ck.path.stat().st_size,
         "sha256": ck.sha256,
+        "arch": ck.config.arch,
         "architecture": ck.config.describe(),
         "config": ck.config.to_dict(),
-        "parameters": parameter_count(SimpleNN(ck.config)),
+        "parameters": parameter_count(build(ck.config)),
         "classes": ck.classes,
         "preprocess": ck.preprocess.to_dict(),
         "recipe": ck.recipe,

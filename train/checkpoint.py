@@ -23,8 +23,8 @@ from toolkit.errors import CheckpointError
 from toolkit.inspect import MODEL_KINDS, identify
 from toolkit.preprocess import MNIST, PreprocessSpec
 
-FORMAT = "toolkit.mlp-checkpoint"
-FORMAT_VERSION = 1
+FORMAT = "toolkit.mlp-checkpoint"  # the name of version 1 (MLP only), kept so every reader recognises both
+FORMAT_VERSION = 2  # 2: "arch" names the architecture (train.architectures); absent in version 1 = "mlp"
 DEFAULT_CLASSES = [str(i) for i in range(10)]
 
 
@@ -34,7 +34,7 @@ class LoadedCheckpoint:
     sha256: str
     kind: str  # "toolkit" or "state_dict"
     state_dict: dict
-    config: "object"  # MLPConfig
+    config: "object"  # a train.architectures config (MLPConfig, CNNConfig)
     preprocess: PreprocessSpec
     classes: list[str]
     recipe: dict = field(default_factory=dict)
@@ -71,6 +71,7 @@ def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: di
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "arch": model.config.arch,
         "config": model.config.to_dict(),
         "preprocess": preprocess.to_dict(),
         "classes": list(classes),
@@ -122,6 +123,7 @@ def _refused(names: list[str]) -> str:
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     import torch
 
+    from .architectures import ARCHITECTURES, config_from_dict
     from .model import MLPConfig
 
     path = Path(path)
@@ -141,11 +143,15 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
         if not isinstance(obj.get("state_dict"), dict) or not all(
                 isinstance(v, torch.Tensor) for v in obj["state_dict"].values()):
             raise CheckpointError(path, "toolkit checkpoint whose state_dict is not a dict of tensors")
+        arch = obj.get("arch", "mlp")
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:
+            raise CheckpointError(path, f"toolkit checkpoint of an architecture this toolkit does not know ({arch!r}; "
+                                        f"it knows {', '.join(ARCHITECTURES)}): written by a newer toolkit?")
         try:
             loaded = LoadedCheckpoint(
                 path=path, sha256=digest, kind="toolkit",
                 state_dict=dict(obj["state_dict"]),
-                config=MLPConfig.from_dict(obj["config"]),
+                config=config_from_dict(arch, obj["config"]),
                 preprocess=PreprocessSpec.from_dict(obj["preprocess"]),
                 classes=[str(c) for c in obj["classes"]],
                 recipe=dict(obj.get("recipe") or {}),
@@ -168,9 +174,9 @@ def _check_state_dict(loaded: LoadedCheckpoint) -> None:
     """Name exactly what differs from the architecture, and refuse non-finite weights."""
     import torch
 
-    from .model import SimpleNN
+    from .architectures import build
 
-    expected = SimpleNN(loaded.config).state_dict()
+    expected = build(loaded.config).state_dict()
     got = loaded.state_dict
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
@@ -205,9 +211,9 @@ def _short(items: list[str], n: int = 3) -> str:
 
 def build_model(loaded: LoadedCheckpoint):
     """The model in eval mode, weights loaded strictly."""
-    from .model import SimpleNN
+    from .architectures import build
 
-    model = SimpleNN(loaded.config)
+    model = build(loaded.config)
     model.load_state_dict(loaded.state_dict, strict=True)
     return model.eval()
 

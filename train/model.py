@@ -7,6 +7,7 @@ whose index 0 is ``Flatten``; parameter keys are therefore ``model.1.weight`` â€
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class MLPConfig:
+    arch: ClassVar[str] = "mlp"  # the name checkpoints store (train.architectures)
     in_features: int = 28 * 28
     hidden: tuple[int, ...] = (512, 256, 128)
     num_classes: int = 10

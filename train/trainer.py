@@ -79,11 +79,13 @@ def evaluate(model, x, y, batch_size: int = 2000):
 
 def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,
           test_labels: np.ndarray, *, seed: int = 0, device: str = "cpu", progress: bool = True,
-          spec: PreprocessSpec = MNIST) -> TrainResult:
+          spec: PreprocessSpec = MNIST, config=None) -> TrainResult:
+    """Train the network ``config`` describes (any train.architectures config; default the seed's MLP)."""
     import torch
     from tqdm.auto import tqdm
 
-    from .model import MLPConfig, SimpleNN
+    from .architectures import build
+    from .model import MLPConfig
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -93,7 +95,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, test_images: n
     tx = torch.from_numpy(spec.normalize(test_images)).to(dev)
     ty = torch.from_numpy(test_labels).to(dev)
 
-    model = SimpleNN(MLPConfig()).to(dev)
+    model = build(config if config is not None else MLPConfig()).to(dev)
     optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
     opt = optimizer(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = (len(x) + recipe.batch_size - 1) // recipe.batch_size

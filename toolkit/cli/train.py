@@ -3,10 +3,19 @@ import click
 from .options import FiniteFloat, data_dir_option, force_option
 
 
+# The names are listed here rather than imported: the CLI must not import torch-side modules at start-up.
+ARCHS = ("mlp", "cnn")
+RECIPES = ("seed", "onecycle", "cnn")
+
+
 @click.command("train")
-@click.option("--recipe", type=click.Choice(["seed", "onecycle"]), default="seed", show_default=True,
-              help="seed: the notebook's Adam/0.01/batch 64/15 epochs. onecycle: same network, "
-                   "AdamW + one-cycle LR + label smoothing + ±2 px shifts (more accurate).")
+@click.option("--arch", type=click.Choice(ARCHS), default="mlp", show_default=True,
+              help="mlp: the seed's MLP (784-512-256-128-10). cnn: a small LeNet-style CNN (two 5x5 conv blocks, "
+                   "12 and 24 channels), more accurate and more robust to real-world digits, ~4x the compute.")
+@click.option("--recipe", type=click.Choice(RECIPES),
+              help="Default: seed for --arch mlp, cnn for --arch cnn. seed: the notebook's Adam/0.01/batch 64/"
+                   "15 epochs. onecycle: AdamW + one-cycle LR + label smoothing + ±2 px shifts, 30 epochs (more "
+                   "accurate). cnn: the onecycle ingredients at batch 256 for 7 epochs.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epoch count.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size.")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Override the recipe's (peak) learning rate.")
@@ -20,8 +29,8 @@ from .options import FiniteFloat, data_dir_option, force_option
 @click.option("--train-subset", type=click.IntRange(min=100), help="Train on the first N training images only (quick runs, tests).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm bars and per-epoch lines.")
 @force_option
-def command(recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_subset, progress, force) -> None:
-    """Train the seed's MLP on MNIST and write a self-describing checkpoint.
+def command(arch, recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_subset, progress, force) -> None:
+    """Train the seed's MLP (or, with --arch cnn, a small CNN) on MNIST; write a self-describing checkpoint.
 
     Nothing is written until training finishes; every output is written
     atomically, so Ctrl-C leaves no half-written file. A training whose loss
@@ -31,10 +40,10 @@ def command(recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_s
     from toolkit.text import printable
     from toolkit.train.run import train_to_files
 
-    summary = train_to_files(out=out, recipe_name=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+    summary = train_to_files(out=out, arch=arch, recipe_name=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
                              seed=seed, device=device, data_dir=data_dir, train_subset=train_subset,
                              progress=progress, force=force)
-    click.echo(f"test accuracy {summary.test_accuracy * 100:.2f}% after {summary.epochs} epochs "
+    click.echo(f"{summary.arch}: test accuracy {summary.test_accuracy * 100:.2f}% after {summary.epochs} epochs "
                f"in {summary.train_seconds:.1f} s on {summary.device}")
     for path in summary.files:
         click.echo(printable(f"wrote {path}"))

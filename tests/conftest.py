@@ -19,7 +19,7 @@ ARTIFACTS = Path(os.environ.get("TOOLKIT_TEST_ARTIFACTS", ROOT / "tests" / "arti
 
 # A test that needs one of these session fixtures waits for a real training or a wheel build (seconds):
 # it is `slow` by construction, and one that needs the X server is `gui`, without a decorator to forget.
-MARKED_BY_FIXTURE = {"tiny_run": "slow", "wheel": "slow", "xvfb": "gui"}
+MARKED_BY_FIXTURE = {"tiny_run": "slow", "wheel": "slow", "xvfb": "gui", "foreign_models": "slow"}
 
 
 def pytest_collection_modifyitems(items):

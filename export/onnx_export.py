@@ -104,4 +104,5 @@ def contract_for(loaded, opset: int, precision: str = "float32", exporter: str =
         source_sha256=loaded.sha256, torch_version=str(torch.__version__), onnx_version=onnx.__version__,
         opset=opset, exporter=exporter, precision=precision, extra=dict(extra or {}),
         flops_per_image=loaded.config.flops_per_image(),  # bench's roofline reads it from the file
+        output_kind=getattr(loaded, "output_kind", "logits"),  # a user's module may end in softmax
     )

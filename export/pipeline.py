@@ -36,6 +36,19 @@ from .torchscript_export import EXPORTER as TS_EXPORTER, export_torchscript
 SUFFIXES = {"torchscript": ".pt", "pt2": ".pt2", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "report": ".export.json"}
 
 
+CHECKPOINT_KINDS = {"toolkit": "toolkit checkpoint", "state_dict": "state_dict (seed format)",
+                    "module": "state_dict for a user module (--module)"}
+
+
+def _at_model_size(images: np.ndarray, spec) -> np.ndarray:
+    """MNIST's 28x28 test digits as the model's preprocessing makes them for another input size (predict's rule)."""
+    if (spec.height, spec.width) == images.shape[1:]:
+        return images
+    from toolkit.preprocess import to_model_pixels
+
+    return np.stack([to_model_pixels(image, spec) for image in images])
+
+
 def output_paths(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None, formats, int8: bool) -> dict:
     checkpoint = Path(checkpoint)
     folder = Path(out_dir) if out_dir is not None else checkpoint.parent
@@ -55,11 +68,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
                       onnx_exporter: str = DEFAULT_ONNX_EXPORTER, atol: float = DEFAULT_ATOL,
                       rtol: float = DEFAULT_RTOL, int8: bool = False,
                       int8_max_drop: float = DEFAULT_INT8_MAX_DROP, force: bool = False, data_dir=None,
-                      latency_runs: int = 2000) -> ExportReport:
+                      latency_runs: int = 2000, source=None) -> ExportReport:
     """Export, validate and (only if every gate passes) publish. Returns the report, also written as JSON.
 
     Raises CheckpointError/OutputError (exit 1) before any work, ValidationFailed (exit 4)
-    carrying the report when a gate fails.
+    carrying the report when a gate fails. ``source``: an already built (LoadedCheckpoint, model) pair,
+    e.g. a user's module (user_module.load_module); ``checkpoint`` then names its weights file.
     """
     from toolkit.train.checkpoint import build_model, load_checkpoint
     from toolkit.train.data import load_mnist
@@ -75,7 +89,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
     for name, value in {"atol": atol, "rtol": rtol, "int8_max_drop": int8_max_drop}.items():
         if not (math.isfinite(value) and value >= 0):  # a NaN or infinite tolerance switches its gate off
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint) if source is None else source[0]
     paths = output_paths(checkpoint, out_dir, formats, int8)
     created = prepare_folder(paths["report"].parent)
     with removed_on_failure(paths["report"].parent, created):
@@ -84,9 +98,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
                 raise OutputError(path, "would overwrite the checkpoint being exported; use --out-dir")
             check_writable(path, force=force)
 
-        model = build_model(loaded)
+        model = build_model(loaded) if source is None else source[1].eval()
         data = load_mnist(data_dir, quiet=True)
-        ref = parity.make_reference(model, data.test_images, data.test_labels, loaded.preprocess)
+        ref = parity.make_reference(model, _at_model_size(data.test_images, loaded.preprocess), data.test_labels,
+                                    loaded.preprocess)
         if not np.isfinite(ref.test_logits).all():
             bad = int((~np.isfinite(ref.test_logits)).any(axis=1).sum())
             raise CheckpointError(checkpoint, f"the model computes NaN/Inf logits for {bad} test images; "
@@ -109,7 +124,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
                 run.int8(int8_max_drop, latency_runs)
             report = ExportReport(
                 checkpoint=str(checkpoint), checkpoint_sha256=loaded.sha256,
-                checkpoint_kind="toolkit checkpoint" if loaded.kind == "toolkit" else "state_dict (seed format)",
+                checkpoint_kind=CHECKPOINT_KINDS[loaded.kind],
                 architecture=loaded.config.describe(),
                 tolerances=Tolerances(atol, rtol, int8_max_drop if int8 else None),
                 inputs=Inputs(test_images=int(len(ref.test_y)), random_batches=list(parity.RANDOM_BATCHES)),

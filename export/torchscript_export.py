@@ -30,7 +30,11 @@ def export_torchscript(model, path: str | os.PathLike, contract: ModelContract) 
         # torch 2.x marks TorchScript deprecated; it is still what libtorch/C++ consumers load,
         # and the file is validated against the eager model after it is written.
         warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.script(model.eval())
+        try:
+            scripted = torch.jit.script(model.eval())
+        except Exception as e:  # a user's module (export --module) may use Python that TorchScript cannot compile
+            raise ModelError(path, f"torch.jit.script cannot compile the model ({first_line(e)}); leave TorchScript "
+                                   "out with --formats onnx or onnx,pt2") from None
         extra = {EXTRA_FILE: json.dumps(contract.to_metadata(), sort_keys=True)}
         # In memory first: torch's file writer reports a full disk as a RuntimeError, a plain write as OSError.
         buffer = io.BytesIO()

@@ -54,6 +54,12 @@ class ModelError(FileProblem):
     """An exported model (ONNX/TorchScript) is missing, corrupt or breaks its contract."""
 
 
+class UserModuleError(FileProblem):
+    """`export --module package.module:factory` cannot build a usable model: the module does not import, the
+    factory is missing, not callable or returns no nn.Module, or the model refuses the given input shape.
+    The "path" is the module:factory text as given."""
+
+
 class MissingContract(ModelError):
     """An ONNX file without the toolkit's contract, and no (or not all) preprocessing options to describe it."""
 

@@ -32,7 +32,7 @@ DEFAULT_CLASSES = [str(i) for i in range(10)]
 class LoadedCheckpoint:
     path: Path
     sha256: str
-    kind: str  # "toolkit" or "state_dict"
+    kind: str  # "toolkit", "state_dict" or "module" (a user factory, toolkit.export.user_module)
     state_dict: dict
     config: "object"  # a train.architectures config (MLPConfig, CNNConfig)
     preprocess: PreprocessSpec
@@ -41,6 +41,7 @@ class LoadedCheckpoint:
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     created: str | None = None
+    output_kind: str = "logits"  # "probabilities" for a user's module that ends in softmax
 
 
 def versions() -> dict:
@@ -120,11 +121,9 @@ def _refused(names: list[str]) -> str:
             "it could execute code on load. Only tensors and plain data are accepted")
 
 
-def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+def read_weights_only(path: str | os.PathLike):
+    """What ``torch.load(path, weights_only=True)`` returns; CheckpointError saying why a file is refused."""
     import torch
-
-    from .architectures import ARCHITECTURES, config_from_dict
-    from .model import MLPConfig
 
     path = Path(path)
     kind = identify(path, CheckpointError, expected="a PyTorch checkpoint")
@@ -134,9 +133,19 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
         with warnings.catch_warnings():
             # torch warns about pickle protocols before refusing a file; the refusal is what we report.
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad input; every one is a user-facing file problem
         raise CheckpointError(path, _load_failure(path, e)) from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+    import torch
+
+    from .architectures import ARCHITECTURES, config_from_dict
+    from .model import MLPConfig
+
+    path = Path(path)
+    obj = read_weights_only(path)
     digest = file_sha256(path)
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -172,12 +181,20 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
 
 def _check_state_dict(loaded: LoadedCheckpoint) -> None:
     """Name exactly what differs from the architecture, and refuse non-finite weights."""
-    import torch
-
     from .architectures import build
 
-    expected = build(loaded.config).state_dict()
-    got = loaded.state_dict
+    problems = state_dict_problems(build(loaded.config).state_dict(), loaded.state_dict)
+    if problems:
+        raise CheckpointError(loaded.path, f"not a state_dict of the {loaded.config.describe()}: "
+                                           + "; ".join(problems))
+    if len(loaded.classes) != loaded.config.num_classes:  # every prediction would carry another class's name
+        raise CheckpointError(loaded.path, f"the network has {loaded.config.num_classes} outputs but the checkpoint's "
+                                           f"class list names {len(loaded.classes)} classes ({_short(loaded.classes)})")
+    check_finite(loaded.path, loaded.state_dict)
+
+
+def state_dict_problems(expected: dict, got: dict) -> list[str]:
+    """Missing and unexpected keys and shape mismatches, each list shortened to a few names; empty when they fit."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     mismatched = [f"{k} is {tuple(got[k].shape)}, expected {tuple(v.shape)}" for k, v in expected.items()
@@ -189,19 +206,20 @@ def _check_state_dict(loaded: LoadedCheckpoint) -> None:
         problems.append(f"unexpected keys {_short(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatch {_short(mismatched)}")
-    if problems:
-        raise CheckpointError(loaded.path, f"not a state_dict of the {loaded.config.describe()}: "
-                                           + "; ".join(problems))
-    if len(loaded.classes) != loaded.config.num_classes:  # every prediction would carry another class's name
-        raise CheckpointError(loaded.path, f"the network has {loaded.config.num_classes} outputs but the checkpoint's "
-                                           f"class list names {len(loaded.classes)} classes ({_short(loaded.classes)})")
+    return problems
+
+
+def check_finite(path: Path, got: dict) -> None:
+    """Refuse NaN/Inf weights and negative BatchNorm variances before they reach a model."""
+    import torch
+
     for k, v in got.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             bad = int((~torch.isfinite(v)).sum())
-            raise CheckpointError(loaded.path, f"tensor {k} has {bad} NaN/Inf value(s); refusing to use it")
+            raise CheckpointError(path, f"tensor {k} has {bad} NaN/Inf value(s); refusing to use it")
         if k.endswith("running_var") and bool((v < 0).any()):
             # a negative variance makes BatchNorm compute sqrt of a negative number: NaN logits
-            raise CheckpointError(loaded.path, f"tensor {k} has negative variances; refusing to use it")
+            raise CheckpointError(path, f"tensor {k} has negative variances; refusing to use it")
 
 
 def _short(items: list[str], n: int = 3) -> str:

@@ -17,6 +17,29 @@ def _formats(ctx, param, value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _module_spec(ctx, param, value):
+    if value is None:
+        return None
+    from toolkit.export.user_module import parse_module_spec
+
+    try:
+        parse_module_spec(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def _input_shape(ctx, param, value):
+    if value is None:
+        return None
+    from toolkit.export.user_module import parse_input_shape
+
+    try:
+        return parse_input_shape(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], bool, list[str]]:
     """(formats to write, int8?, notes on formats left out); a named format that cannot be written is refused."""
     missing = {f: missing_requirement(f, onnx_exporter) for f in FORMATS}
@@ -30,7 +53,7 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], bool
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path(dir_okay=False), required=False)
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Where to write the files (created if missing). Default: beside the checkpoint.")
 @click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, callback=_formats,
@@ -54,11 +77,20 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], bool
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Stamping an ONNX file (CHECKPOINT is a .onnx made elsewhere): where the copy with the "
                    "contract from --labels/--mean/--std/--scale/--polarity goes. The input file is never modified.")
+@click.option("--module", "module", metavar="PACKAGE.MODULE:FACTORY", callback=_module_spec,
+              help="Export your own PyTorch network instead of a checkpoint: IMPORTS AND RUNS YOUR CODE (the module, "
+                   "found in the current directory or on PYTHONPATH, and FACTORY() with no arguments, which must "
+                   "return an nn.Module). Needs --weights, --input-shape, --labels, --mean and --std.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="With --module: the state_dict file (torch.save(model.state_dict(), ...)); read with "
+                   "torch.load(weights_only=True), so the file itself cannot run code. Outputs are named after it.")
+@click.option("--input-shape", callback=_input_shape, metavar="C,H,W",
+              help="With --module: one image's input, channels (1 or 3), height and width, e.g. 1,28,28.")
 @data_dir_option
 @force_option
 @preprocess_options
-def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, out, data_dir,
-            force, flags) -> None:
+def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, out, module,
+            weights, input_shape, data_dir, force, flags) -> None:
     """Export a checkpoint (toolkit's own or a seed-style state_dict) to TorchScript, ONNX and .pt2.
 
     \b
@@ -75,10 +107,17 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     --std 0.5 --out stamped.onnx validates their model (onnx.checker, ONNX
     Runtime, one output per label, finite outputs on random and, for digit
     labels, real MNIST digits) and writes a copy that needs no options.
+
+    \b
+    Your own module: toolkit export --module mypkg.nets:make_net
+    --weights net.pth --input-shape 1,28,28 --labels 0,1,...,9 --mean 0.5
+    --std 0.5 builds the network with your factory (your code runs),
+    loads the weights and goes through the same exporters and parity gate.
     """
     from toolkit.export.stamp import is_onnx
 
-    if is_onnx(checkpoint):
+    _check_sources(checkpoint, module, weights, input_shape, out, flags)
+    if module is None and is_onnx(checkpoint):
         from toolkit.export.stamp import render, stamp_onnx
 
         if out is None or flags.missing:
@@ -101,10 +140,18 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
         raise click.UsageError("no format left to write: " + "; ".join(notes))
     for note in notes:
         click.echo(note, err=True)
+    source = None
+    if module is not None:  # the user asked for their code to run by naming it
+        import os
+
+        from toolkit.export.user_module import load_module
+
+        source = load_module(module, weights, input_shape, flags, search_path=os.getcwd())
+        checkpoint = weights
     try:
         report = export_checkpoint(checkpoint, out_dir=out_dir, formats=formats, opset=opset,
                                    onnx_exporter=onnx_exporter, atol=atol, rtol=rtol, int8=int8,
-                                   int8_max_drop=int8_max_drop, force=force, data_dir=data_dir)
+                                   int8_max_drop=int8_max_drop, force=force, data_dir=data_dir, source=source)
     except ValidationFailed as e:
         if e.report is not None:
             click.echo(render_table(e.report), err=True)
@@ -113,3 +160,21 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     for r in report.formats.values():
         click.echo(f"wrote {r.file}")
     click.echo(f"wrote {report.report_file}")
+
+
+def _check_sources(checkpoint, module, weights, input_shape, out, flags) -> None:
+    """CHECKPOINT or --module (with its --weights, --input-shape and preprocessing options), never both."""
+    if module is None:
+        if weights is not None or input_shape is not None:
+            raise click.UsageError("--weights and --input-shape go with --module PACKAGE.MODULE:FACTORY")
+        if checkpoint is None:
+            raise click.UsageError("missing CHECKPOINT (a .pth file, an ONNX file to stamp) or --module")
+        return
+    if checkpoint is not None:
+        raise click.UsageError(f"give CHECKPOINT ({checkpoint}) or --module, not both")
+    if out is not None:
+        raise click.UsageError("--out is for stamping an ONNX file; --module's files go to --out-dir")
+    needed = (["--weights FILE"] if weights is None else []) + (["--input-shape C,H,W"] if input_shape is None else [])
+    needed += flags.missing
+    if needed:
+        raise click.UsageError(f"--module needs {', '.join(needed)}")

@@ -22,7 +22,8 @@ EXIT_CODES = (
     (EXIT_USAGE, "usage error (bad option or argument)"),
     (EXIT_PARTIAL, "finished, but some input files were skipped (predict)"),
     (EXIT_GATE, "a validation gate failed (export parity, INT8 accuracy)"),
-    (EXIT_UNAVAILABLE, "requested environment unavailable (CUDA provider, display, the train extra not installed)"),
+    (EXIT_UNAVAILABLE, "requested environment unavailable (CUDA provider, display, the train or cluster extra not "
+                       "installed, a Ray cluster that cannot be joined)"),
     (EXIT_INTERRUPTED, "interrupted; files already completed are kept intact"),
 )
 
@@ -90,6 +91,12 @@ class ValidationFailed(ToolkitError):
 
 class ProviderUnavailable(ToolkitError):
     """The requested execution provider (e.g. CUDA) cannot be used on this machine."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class ClusterUnavailable(ToolkitError):
+    """--engine ray cannot run: Ray is not installed, or the cluster cannot be started, joined or refuses us."""
 
     exit_code = EXIT_UNAVAILABLE
 

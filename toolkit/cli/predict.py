@@ -31,7 +31,8 @@ to --confusion, or beside --output as NAME.confusion.png.
     EXIT_OK: "every image predicted",
     EXIT_ERROR: "unusable model or output path, or no image files at all",
     EXIT_PARTIAL: "finished, but some files were skipped (each is listed with its reason)",
-    EXIT_UNAVAILABLE: "--provider cuda requested but CUDA cannot be used",
+    EXIT_UNAVAILABLE: "--provider cuda requested but CUDA cannot be used; --engine ray without the "
+                      "cluster extra, or a Ray cluster that cannot be joined (e.g. its token is missing)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM, SIGHUP): --output keeps every row written so far",
 }, omit=(EXIT_GATE,))
 
@@ -100,10 +101,19 @@ def _refuse_shared_paths(paths, output, confusion) -> None:
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",
               help="Decoding processes. Default: one per CPU core when there are many images; 0 decodes in this "
                    "process; at most four per usable CPU (more is capped, with a notice).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine's processes. ray: decode in Ray tasks and predict in a pool of Ray actors "
+                   "(same rows, same order); PATHs may then also be URIs such as s3://bucket/prefix. Needs the "
+                   "cluster extra: pip install 'toolkit[cluster]'. See docs/scale.md.")
+@click.option("--address", metavar="ADDRESS",
+              help="With --engine ray: join the Ray cluster at ADDRESS (HOST:PORT of `ray start --head`, or "
+                   "ray://HOST:10001) using its authentication token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                   "~/.ray/auth_token). Default: start a local Ray instance sized to this machine.")
 @force_option
 @preprocess_options
 @click.pass_context
-def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, force, flags) -> None:
+def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, engine, address, force,
+            flags) -> None:
     """Predict the digit in each image file, or in every image under each folder.
 
     Runs on ONNX Runtime only (no torch). Decoding uses every CPU core,
@@ -115,11 +125,24 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     from toolkit.text import printable
 
     _refuse_shared_paths(paths, output, confusion)
+    if engine != "ray" and address is not None:
+        raise click.UsageError("--address joins a Ray cluster: it needs --engine ray")
+    if engine != "ray" and (uris := [p for p in paths if "://" in p]):
+        raise click.UsageError(f"{printable(uris[0])}: a URI is read by --engine ray only")
+    if engine == "ray" and workers is not None:
+        raise click.UsageError("--workers sizes the local engine; with --engine ray the cluster's CPUs decode")
 
     try:
-        summary = predict_paths(paths, model=model, provider=provider, batch_size=batch_size, top_k=top_k,
-                                output=output, confusion=confusion, force=force, workers=workers, flags=flags,
-                                reporter=TerminalReporter())
+        if engine == "ray":
+            from toolkit.predict.ray_engine import predict_paths_ray
+
+            summary = predict_paths_ray(paths, address=address, model=model, provider=provider,
+                                        batch_size=batch_size, top_k=top_k, output=output, confusion=confusion,
+                                        force=force, flags=flags, reporter=TerminalReporter())
+        else:
+            summary = predict_paths(paths, model=model, provider=provider, batch_size=batch_size, top_k=top_k,
+                                    output=output, confusion=confusion, force=force, workers=workers, flags=flags,
+                                    reporter=TerminalReporter())
     except KeyboardInterrupt as e:  # PredictInterrupted, or one more signal that came while it was on its way
         # First, before any Python code can run a handler: the run is over and its rows are safe; more signals
         # have nothing left to stop, and one landing in the interpreter's shutdown would print a traceback.

@@ -1,4 +1,5 @@
-"""The torch side of `toolkit bench`: TorchScript (.pt), torch.export (.pt2) and eager (.pth) engines; the CUDA peak.
+"""The torch side of `toolkit bench`: TorchScript (.pt), torch.export (.pt2), ExecuTorch (.pte) and eager (.pth)
+engines; the CUDA peak.
 
 torch is imported inside functions only, when one of these engines is opened (or CUDA is
 probed): importing this module, and a run with only ONNX files present, never loads it.
@@ -69,8 +70,36 @@ class TorchInstance(Instance):
                 Case("h2d", h2d, x.nbytes),
                 Case("d2h", lambda: y_dev.cpu(), y_dev.numel() * y_dev.element_size())]
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.module(self.torch.from_numpy(x).to(self.device)).cpu().numpy().copy()
+
     def close(self) -> None:
         self.module = None
+
+
+class ExecuTorchInstance(Instance):
+    def __init__(self, torch, method, config: dict):
+        super().__init__(providers_used=["executorch runtime (XNNPACK delegate, CPU)"], config=config)
+        from .executorch_export import MAX_BATCH
+
+        self.torch, self.method, self.max_batch = torch, method, MAX_BATCH
+
+    def cases(self, x: np.ndarray) -> list[Case]:
+        from .executorch_export import quiet_stderr
+
+        torch, method = self.torch, self.method
+        with quiet_stderr():  # the first call of each new shape logs CPU probing lines on fd 2
+            method.execute([torch.from_numpy(x)])
+        return [Case("e2e", lambda: method.execute([torch.from_numpy(x)])[0].numpy())]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        outs = [self.method.execute([self.torch.from_numpy(x[i:i + self.max_batch])])[0].detach().numpy().copy()
+                for i in range(0, len(x), self.max_batch)]
+        return np.concatenate(outs)
+
+    def close(self) -> None:
+        self.method = None
 
 
 class _TorchEngine(Engine):
@@ -134,7 +163,39 @@ class EagerEngine(_TorchEngine):
         return build_model(load_checkpoint(self.artifact()))
 
 
-TORCH_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (TorchScriptEngine, Pt2Engine, EagerEngine)}
+class ExecuTorchEngine(Engine):
+    name = "executorch"
+    description = "ExecuTorch program written by export (<stem>.pte), XNNPACK delegate, run by executorch.runtime"
+    suffix = ".pte"
+
+    def missing(self) -> str | None:
+        problem = super().missing()
+        if problem:
+            return problem
+        return ("executorch is not installed (pip install 'toolkit[executorch]')"
+                if importlib.util.find_spec("executorch") is None else None)
+
+    def prepare(self) -> None:
+        from .executorch_export import quiet_stderr
+
+        import_torch()
+        try:
+            with quiet_stderr():
+                import executorch.runtime  # noqa: F401  (its import is slow: not billed as session creation)
+        except Exception as e:
+            raise EngineUnavailable(f"executorch cannot be imported ({type(e).__name__}: {e})") from None
+
+    def open(self, provider: str, threads: int, options: dict) -> Instance:
+        from .executorch_export import load_executorch
+
+        torch = import_torch()
+        # XNNPACK sizes its own thread pool; torch's setting is recorded for the portable (non-delegated) ops.
+        torch.set_num_threads(threads)
+        return ExecuTorchInstance(torch, load_executorch(self.artifact()), {"torch_threads": torch.get_num_threads()})
+
+
+TORCH_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (TorchScriptEngine, Pt2Engine, ExecuTorchEngine,
+                                                               EagerEngine)}
 
 
 def cuda_peak(threads: int) -> Peak:

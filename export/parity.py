@@ -93,7 +93,14 @@ def onnx_runner(path: str | os.PathLike) -> Runner:
     return run
 
 
-RUNNERS = {"torchscript": torchscript_runner, "pt2": pt2_runner, "onnx": onnx_runner, "onnx-int8": onnx_runner}
+def executorch_runner(path: str | os.PathLike) -> Runner:
+    from .executorch_export import executorch_runner as runner
+
+    return runner(path)
+
+
+RUNNERS = {"torchscript": torchscript_runner, "pt2": pt2_runner, "onnx": onnx_runner, "onnx-int8": onnx_runner,
+           "onnx-int8-static": onnx_runner, "onnx-fp16": onnx_runner, "executorch": executorch_runner}
 
 
 # ---------------------------------------------------------------- comparing
@@ -179,12 +186,12 @@ def parity_problem(c: Comparison, atol: float, rtol: float) -> str | None:
 
 
 def int8_problem(c: Comparison, float_accuracy: float, max_drop_points: float) -> str | None:
-    """Why the INT8 variant fails its accuracy gate; None if it passes."""
+    """Why an INT8/FP16 variant fails its accuracy gate; None if it passes."""
     if c.error:
-        return f"onnx-int8 export is broken: {c.error}"
+        return f"{c.format} export is broken: {c.error}"
     drop = (float_accuracy - c.test_accuracy) * 100
     if not drop <= max_drop_points + 1e-9:  # fails closed on NaN
-        return (f"onnx-int8 test accuracy {c.test_accuracy * 100:.2f}% vs {float_accuracy * 100:.2f}% for float32: "
+        return (f"{c.format} test accuracy {c.test_accuracy * 100:.2f}% vs {float_accuracy * 100:.2f}% for float32: "
                 f"{drop:.2f} points lost, the gate allows {max_drop_points:g}; "
                 f"top-1 agreement {c.top1_agreement * 100:.2f}%")
     return None

@@ -1,4 +1,4 @@
-"""The INT8 ONNX variant and its batch-1 latency against float32.
+"""The INT8 ONNX variants (dynamic and static QDQ) and their batch-1 latency against float32.
 
 Dynamic quantization (``onnxruntime.quantization.quantize_dynamic``): weights of
 the four MatMul/Gemm layers stored as int8 (per tensor), activations quantized to
@@ -10,6 +10,11 @@ uint8 per batch at run time; BatchNorm and LeakyReLU stay float. Measured on the
   static QOperator        97.00%, 99.73%, 24 us
 so the simplest one is also the most accurate and the fastest here; it needs no
 calibration data. ``quant_pre_process`` took 3 s and changed neither number.
+
+Static QDQ (``quantize_static``, QuantFormat.QDQ, calibrated with MinMax on CALIBRATION_IMAGES images of the
+training set) is written beside it as its own format: QuantizeLinear/DequantizeLinear pairs around each
+MatMul/Gemm with scales fixed at export time, which is the form NPUs and most edge accelerators take.
+Which of the two is faster on the CPU is measured by `toolkit bench --formats all` (docs/formats.md).
 """
 
 from __future__ import annotations
@@ -24,41 +29,85 @@ from toolkit.errors import ModelError
 
 from .onnx_export import embed_contract, graph_opset
 
+CALIBRATION_IMAGES = 1024  # a random slice of the training set (seeded): never the test images it is judged on
+CALIBRATION_SEED = 0
+STATIC_METHOD = (f"static QDQ: onnxruntime.quantization.quantize_static, QuantFormat.QDQ, int8 weights and "
+                 f"activations, MinMax calibration on {CALIBRATION_IMAGES} training images")
 METHOD = ("dynamic: onnxruntime.quantization.quantize_dynamic, MatMul/Gemm weights int8 per tensor, "
           "activations uint8 quantized per batch at run time")
 
 
-def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, float_contract: ModelContract,
-                  float_sha256: str) -> None:
-    """Quantize the float ONNX file ``src`` into ``dst`` (caller handles atomicity) and label it."""
-    import logging
-
+def _float_graph(src):
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
     # The dynamo exporter records each weight's shape in value_info; the quantizer transposes Gemm weights
     # and its shape inference then trips over the stale entries. They are a cache: checker re-infers them.
     del model.graph.value_info[:]
+    return model
+
+
+def _quantize(dst, quantize) -> None:
+    import logging
 
     # The quantizer logs a "consider pre-processing" hint on the root logger at every call;
     # it was measured to make no difference for this model (see module docstring).
     logging.disable(logging.WARNING)
     try:
-        quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8)
+        quantize()
     except Exception as e:  # the quantizer raises plain exceptions for graphs it cannot handle
         text = str(e).strip().splitlines()
         raise ModelError(dst, f"ONNX Runtime quantization failed: {(text or [type(e).__name__])[0][:200]}") from None
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _label(dst, float_contract: ModelContract, float_sha256: str, tool: str, method: str, **extra) -> None:
     contract = dataclasses.replace(
         float_contract,
         precision="int8",
         opset=graph_opset(dst),
-        exporter=f"{float_contract.exporter} + onnxruntime.quantization.quantize_dynamic",
-        extra={**float_contract.extra, "quantization": METHOD, "float_model_sha256": float_sha256},
+        exporter=f"{float_contract.exporter} + onnxruntime.quantization.{tool}",
+        extra={**float_contract.extra, "quantization": method, "float_model_sha256": float_sha256, **extra},
     )
     embed_contract(dst, contract)  # also runs onnx.checker with full_check
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, float_contract: ModelContract,
+                  float_sha256: str) -> None:
+    """Quantize the float ONNX file ``src`` into ``dst`` (caller handles atomicity) and label it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = _float_graph(src)
+    _quantize(dst, lambda: quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8))
+    _label(dst, float_contract, float_sha256, "quantize_dynamic", METHOD)
+
+
+def calibration_indices(n_train: int, n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> np.ndarray:
+    """Which training images calibrate the static quantizer: ``n`` drawn without replacement (seeded)."""
+    return np.sort(np.random.default_rng(seed).choice(n_train, size=min(n, n_train), replace=False))
+
+
+def quantize_int8_static(src: str | os.PathLike, dst: str | os.PathLike, float_contract: ModelContract,
+                         float_sha256: str, calibration_x: np.ndarray, batch: int = 64) -> None:
+    """Static QDQ quantization of ``src`` into ``dst``, calibrated on ``calibration_x`` (preprocessed inputs)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    input_name = float_contract.input_name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([calibration_x[i:i + batch] for i in range(0, len(calibration_x), batch)])
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {input_name: x}
+
+    model = _float_graph(src)
+    _quantize(dst, lambda: quantize_static(model, str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                                           activation_type=QuantType.QInt8, weight_type=QuantType.QInt8))
+    _label(dst, float_contract, float_sha256, "quantize_static", STATIC_METHOD,
+           calibration_images=str(len(calibration_x)))
 
 
 def batch1_latency_us(paths: dict[str, str | os.PathLike], x1: np.ndarray, runs: int = 2000, warmup: int = 200,

@@ -49,8 +49,13 @@ class Instance:
     notes: list[str] = field(default_factory=list)
     precision: str | None = None  # what the file's contract says, when it says; else the engine's own label
     fixed_batch: int | None = None  # the only batch size the model accepts, when its graph fixes one
+    max_batch: int | None = None  # the largest batch the runtime accepts (ExecuTorch plans its buffers for one)
 
     def cases(self, x: np.ndarray) -> list[Case]:
+        raise NotImplementedError
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The model's outputs for ``x`` as a host array, through this engine's own runtime (for accuracy)."""
         raise NotImplementedError
 
     def context(self):

@@ -82,6 +82,9 @@ class OrtInstance(Instance):
         bound = self._bind(session, x)  # the lambda keeps the device buffers alive with the binding
         return Case("cuda-graph", lambda: session.run_with_iobinding(bound[0]))
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output.name], {self.input: x})[0]
+
     def close(self) -> None:
         self._graph_sessions.clear()
         self.session = None
@@ -135,4 +138,19 @@ class OrtInt8Engine(OrtFileEngine):
     suffix = ".int8.onnx"
 
 
-ORT_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (OrtEngine, OrtInt8Engine)}
+class OrtInt8StaticEngine(OrtFileEngine):
+    name = "ort-int8-static"
+    precision = "int8"
+    description = "ONNX Runtime, the static INT8 (QDQ, calibrated) variant written by export (<stem>.int8-static.onnx)"
+    suffix = ".int8-static.onnx"
+
+
+class OrtFp16Engine(OrtFileEngine):
+    name = "ort-fp16"
+    precision = "float16"
+    description = "ONNX Runtime, the FP16 variant written by export (<stem>.fp16.onnx; float32 in and out)"
+    suffix = ".fp16.onnx"
+
+
+ORT_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (OrtEngine, OrtInt8Engine, OrtInt8StaticEngine,
+                                                             OrtFp16Engine)}

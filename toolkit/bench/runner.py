@@ -188,6 +188,12 @@ def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads:
                                       f"timed at batch {fixed} only", batch_sizes=others))
         bar.update(len(batches) - 1)  # the one size timed advances it below
         batches = [fixed]
+    too_large = [b for b in batches if instance.max_batch is not None and b > instance.max_batch]
+    if too_large:
+        report.skipped.append(Skipped(engine.name, provider, f"the runtime accepts batches of at most "
+                                      f"{instance.max_batch}", batch_sizes=too_large))
+        bar.update(len(too_large))
+        batches = [b for b in batches if b not in too_large]
     try:
         with instance.context():
             for batch in batches:

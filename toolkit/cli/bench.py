@@ -2,7 +2,7 @@ import shlex
 
 import click
 
-from .options import FiniteFloat, force_option, model_option, preprocess_options, provider_option
+from .options import FiniteFloat, data_dir_option, force_option, model_option, preprocess_options, provider_option
 
 
 def _int_list(ctx, param, value):
@@ -17,7 +17,7 @@ def _int_list(ctx, param, value):
     return tuple(dict.fromkeys(items))
 
 
-NOT_RECORDED = {"json_path", "plot_path", "progress", "force"}  # where output goes, not what was measured
+NOT_RECORDED = {"json_path", "plot_path", "markdown_path", "progress", "force", "data_dir"}  # where output goes, not what was measured
 
 
 def _as_command(ctx: click.Context) -> str:
@@ -41,14 +41,17 @@ def _name_list(ctx, param, value):
     return names
 
 
-def _refuse_shared_paths(model, json_path, plot_path) -> None:
+def _refuse_shared_paths(model, json_path, plot_path, markdown_path=None) -> None:
     """One file for two outputs keeps only the last one written; an output over the model destroys it."""
     from toolkit.atomic import same_path
     from toolkit.text import printable
 
-    if json_path and plot_path and same_path(json_path, plot_path):
-        raise click.UsageError(f"--json and --plot name the same file {printable(json_path)}")
-    for option, path in (("--json", json_path), ("--plot", plot_path)):
+    outputs = [(o, p) for o, p in (("--json", json_path), ("--plot", plot_path), ("--markdown", markdown_path)) if p]
+    for i, (first, a) in enumerate(outputs):
+        for second, b in outputs[i + 1:]:
+            if same_path(a, b):
+                raise click.UsageError(f"{first} and {second} name the same file {printable(a)}")
+    for option, path in outputs:
         if path and same_path(path, model):
             raise click.UsageError(f"{option} {printable(path)} is the model (--model); choose another output name")
 
@@ -57,9 +60,17 @@ def _refuse_shared_paths(model, json_path, plot_path) -> None:
 @model_option
 @provider_option(choices=("auto", "cpu", "cuda", "all"), default="auto")
 @click.option("--engines", callback=_name_list, metavar="NAMES",
-              help="Comma-separated engines: ort, ort-int8, torchscript, pt2, eager. "
-                   "Default: every one whose file (<stem>.onnx/.int8.onnx/.pt/.pt2/.pth beside --model) and "
-                   "library are present; the others are listed as skipped.")
+              help="Comma-separated engines: ort, ort-int8, ort-int8-static, ort-fp16, torchscript, pt2, "
+                   "executorch, eager, openvino. Default: every one whose file (<stem>.onnx/.int8.onnx/"
+                   ".int8-static.onnx/.fp16.onnx/.pt/.pt2/.pte/.pth beside --model) and library are present; the "
+                   "others are listed as skipped.")
+@click.option("--formats", "formats", callback=_name_list, metavar="all|NAMES",
+              help="One table comparing the exported formats: per engine (all: every one available, or the "
+                   "names as for --engines) its file, size, accuracy on the 10,000 MNIST test images through its "
+                   "own runtime, max |logit difference| from eager, batch-1 p50 and batch-1024 images/s, and "
+                   "ratios to eager. Needs <stem>.pth beside --model; batch sizes default to 1,1024.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
+              help="With --formats: write the table as a markdown page (with --plot: its bar chart beside it).")
 @click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_int_list,
               help="Comma-separated batch sizes.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
@@ -78,9 +89,10 @@ def _refuse_shared_paths(model, json_path, plot_path) -> None:
               help="Write a PNG of latency and throughput against batch size (needs matplotlib).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @force_option
+@data_dir_option
 @preprocess_options
-def command(model, provider, engines, batch_sizes, warmup, runs, duration, threads, cuda_graph, no_peak,
-            json_path, plot_path, progress, force, flags) -> None:
+def command(model, provider, engines, formats, markdown_path, batch_sizes, warmup, runs, duration, threads,
+            cuda_graph, no_peak, json_path, plot_path, progress, force, data_dir, flags) -> None:
     """Measure latency and throughput of the exported model.
 
     Per engine, provider and batch size: session creation and first run apart, then
@@ -104,17 +116,30 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
     from toolkit.text import printable
     # The torch side's engines import torch only when opened; without torch they are skipped with why.
     from toolkit.export.bench_engines import TORCH_ENGINES, cuda_peak
+    from toolkit.bench.openvino_engine import OPENVINO_ENGINES
 
     if runs is not None and duration is not None:
         raise click.UsageError("give --runs or --duration, not both")
-    known = {**ORT_ENGINES, **TORCH_ENGINES}
+    known = {**ORT_ENGINES, **TORCH_ENGINES, **OPENVINO_ENGINES}
+    ctx = click.get_current_context()
+    if formats is not None:
+        if engines is not None:
+            raise click.UsageError("give --formats or --engines, not both")
+        if provider not in ("auto", "cpu"):
+            raise click.UsageError("--formats compares formats on the CPU: use --provider cpu")
+        provider = "cpu"
+        engines = None if formats == ("all",) else formats
+        if ctx.get_parameter_source("batch_sizes") == click.core.ParameterSource.DEFAULT:
+            batch_sizes = (1, 1024)
+    elif markdown_path:
+        raise click.UsageError("--markdown writes the --formats table: add --formats all (or engine names)")
     unknown = [n for n in engines or () if n not in known]
     if unknown:
         raise click.BadParameter(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(known)}",
-                                 param_hint="--engines")
+                                 param_hint="--formats" if formats else "--engines")
     # Fail before measuring, not after a minute of it.
-    _refuse_shared_paths(model, json_path, plot_path)
-    for path in (json_path, plot_path):
+    _refuse_shared_paths(model, json_path, plot_path, markdown_path)
+    for path in (json_path, plot_path, markdown_path):
         if path:
             check_writable(path, force=force)
     if plot_path:
@@ -122,7 +147,10 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
 
     settings = BenchSettings(model=model, provider=provider, batch_sizes=batch_sizes, warmup=warmup, runs=runs,
                              duration=duration, threads=threads, engines=engines, cuda_graph=cuda_graph,
-                             peak=not no_peak, command=_as_command(click.get_current_context()), flags=flags)
+                             peak=not no_peak, command=_as_command(ctx), flags=flags)
+    if formats is not None:
+        _formats_table(settings, known, formats, data_dir, json_path, plot_path, markdown_path, progress, force)
+        return
     report = run_bench(settings, known, {"cpu": cpu_peak, "cuda": cuda_peak}, progress=progress)
     click.echo(render(report))
     if json_path:
@@ -130,4 +158,41 @@ def command(model, provider, engines, batch_sizes, warmup, runs, duration, threa
         click.echo(printable(f"wrote {json_path}"))
     if plot_path:
         write_plot(report, plot_path, replace=force)
+        click.echo(printable(f"wrote {plot_path}"))
+
+
+def _formats_table(settings, known, formats, data_dir, json_path, plot_path, markdown_path, progress, force) -> None:
+    """`--formats`: time every engine, then run each on the MNIST test set for accuracy, one table."""
+    import json
+
+    from toolkit.atomic import write_text
+    from toolkit.bench import run_bench
+    from toolkit.bench.formats import REFERENCE, accuracy_pass, build_table, render_markdown, render_text, write_plot
+    from toolkit.bench.peak import cpu_peak
+    from toolkit.errors import ModelError
+    from toolkit.runtime import create_session, model_contract
+    from toolkit.text import printable
+    from toolkit.train.data import load_mnist
+
+    eager = known[REFERENCE](settings.model)
+    if not eager.artifact().is_file():
+        raise ModelError(eager.artifact(), "no such file: --formats compares every format with the eager "
+                                           "checkpoint, <stem>.pth beside --model")
+    report = run_bench(settings, known, {"cpu": cpu_peak}, progress=progress)
+    data = load_mnist(data_dir, quiet=True)
+    session = create_session(settings.model, "cpu")[0]
+    x = model_contract(session, settings.model, settings.flags).preprocess.normalize(data.test_images)
+    names = [e.engine for e in report.engines if e.provider == "cpu"]
+    outputs = accuracy_pass(known, names, settings.model, x, report.settings.threads)
+    table = build_table(report, outputs, data.test_labels)
+    click.echo(render_text(table))
+    if json_path:
+        write_text(json_path, json.dumps({"formats": table.to_dict(), "bench": report.to_dict()}, indent=2) + "\n",
+                   replace=force)
+        click.echo(printable(f"wrote {json_path}"))
+    if markdown_path:
+        write_text(markdown_path, render_markdown(table), replace=force)
+        click.echo(printable(f"wrote {markdown_path}"))
+    if plot_path:
+        write_plot(table, plot_path, replace=force)
         click.echo(printable(f"wrote {plot_path}"))

@@ -1,11 +1,12 @@
 import click
 
 from toolkit.export.defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_DROP, DEFAULT_ONNX_EXPORTER,
-                                     DEFAULT_OPSET, DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS, missing_requirement)
+                                     DEFAULT_OPSET, DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS, VARIANTS,
+                                     missing_requirement)
 
 from .options import FiniteFloat, data_dir_option, force_option, preprocess_options
 
-NAMES = (*FORMATS, "int8", "all")  # int8 is the --int8 variant, named like a format
+NAMES = (*FORMATS, *VARIANTS, "all")  # int8 is the --int8 variant, named like a format
 
 
 def _formats(ctx, param, value: str) -> tuple[str, ...]:
@@ -40,16 +41,17 @@ def _input_shape(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
-def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], bool, list[str]]:
-    """(formats to write, int8?, notes on formats left out); a named format that cannot be written is refused."""
-    missing = {f: missing_requirement(f, onnx_exporter) for f in FORMATS}
+def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list[str], list[str]]:
+    """(formats to write, ONNX variants, notes on formats left out); a named format that cannot be written is
+    refused (exit 2, one line with the install command)."""
+    missing = {f: missing_requirement(f, onnx_exporter) for f in (*FORMATS, *VARIANTS)}
     if "all" in names:
-        return ([f for f in FORMATS if not missing[f]], not missing["onnx"],
+        return ([f for f in FORMATS if not missing[f]], [v for v in VARIANTS if not missing[v]],
                 [f"{f} not written: it {why}" for f, why in missing.items() if why])
     refused = [f"{f} {missing[f]}" for f in names if missing.get(f)]
     if refused:
         raise click.UsageError("; ".join(refused))
-    return [f for f in names if f in FORMATS], "int8" in names, []
+    return [f for f in names if f in FORMATS], [v for v in names if v in VARIANTS], []
 
 
 @click.command("export")
@@ -58,7 +60,10 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], bool
               help="Where to write the files (created if missing). Default: beside the checkpoint.")
 @click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, callback=_formats,
               help="Comma-separated: torchscript (<stem>.pt), onnx (<stem>.onnx), pt2 (<stem>.pt2, a torch.export "
-                   "program), int8 (same as --int8); all: every format this installation can write.")
+                   "program), executorch (<stem>.pte, XNNPACK; needs the executorch extra), int8 (same as --int8), "
+                   "int8-static (<stem>.int8-static.onnx, QDQ calibrated on training images), fp16 "
+                   "(<stem>.fp16.onnx); all: every format this installation can write. A named format whose "
+                   "package is missing exits 2 with the install command.")
 @click.option("--onnx-exporter", type=click.Choice(ONNX_EXPORTERS), default=DEFAULT_ONNX_EXPORTER, show_default=True,
               help="dynamo: torch.onnx.export(dynamo=True), built on torch.export; legacy: torch's deprecated "
                    "TorchScript-based exporter (about 40x faster to export this model), while torch still has it.")
@@ -132,10 +137,10 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed
 
-    formats, named_int8, notes = _choose(formats, onnx_exporter)
-    int8 = int8 or named_int8
-    if int8 and "onnx" not in formats:
-        raise click.UsageError("--int8 quantizes the ONNX export: include onnx in --formats")
+    formats, variants, notes = _choose(formats, onnx_exporter)
+    int8 = int8 or "int8" in variants
+    if (int8 or variants) and "onnx" not in formats:
+        raise click.UsageError("--int8, int8-static and fp16 are made from the ONNX export: include onnx in --formats")
     if not formats:
         raise click.UsageError("no format left to write: " + "; ".join(notes))
     for note in notes:
@@ -151,7 +156,8 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     try:
         report = export_checkpoint(checkpoint, out_dir=out_dir, formats=formats, opset=opset,
                                    onnx_exporter=onnx_exporter, atol=atol, rtol=rtol, int8=int8,
-                                   int8_max_drop=int8_max_drop, force=force, data_dir=data_dir, source=source)
+                                   int8_max_drop=int8_max_drop, force=force, data_dir=data_dir, source=source,
+                                   variants=variants)
     except ValidationFailed as e:
         if e.report is not None:
             click.echo(render_table(e.report), err=True)

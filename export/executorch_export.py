@@ -1,0 +1,94 @@
+"""Write the eval-mode model as an ExecuTorch program (``.pte``) with its linear layers delegated to XNNPACK.
+
+ExecuTorch is PyTorch's runtime for phones and microcontrollers. The path is the one ExecuTorch documents:
+``torch.export.export`` -> ``executorch.exir.to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()])``
+-> ``to_executorch()``. ExecuTorch plans every buffer ahead of time, so the batch axis is dynamic only up to a
+bound (MAX_BATCH): a larger batch is refused by the runtime, and the runner here feeds larger inputs in chunks.
+The file is read back with ``executorch.runtime.Runtime`` (the Python bindings of the C++ runtime), which is
+how the parity gate and ``toolkit bench`` run it. The contract is not inside the file (a .pte has no
+free-form metadata); it stays in the ONNX/TorchScript files and the export report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.contract import ModelContract
+from toolkit.errors import ModelError
+
+from .quiet import quiet_torch
+from .torchscript_export import first_line
+
+EXPORTER = "executorch.exir.to_edge_transform_and_lower (XNNPACK)"
+MAX_BATCH = 1024  # the planned buffers hold this many images; the largest batch toolkit bench times by default
+INSTALL = "pip install 'toolkit[executorch]'"
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """ExecuTorch's C++ runtime logs CPU probing lines straight to file descriptor 2; keep them off the terminal."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def export_executorch(model, path: str | os.PathLike, contract: ModelContract) -> ModelContract:
+    """Lower ``model`` to an XNNPACK-delegated ExecuTorch program at ``path``; caller handles atomicity."""
+    import torch
+
+    try:
+        with quiet_torch(), quiet_stderr():
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+
+            dummy = torch.zeros(2, *contract.preprocess.input_shape)
+            batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+            program = torch.export.export(model.eval(), (dummy,), dynamic_shapes=({0: batch},))
+            buffer = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    except ImportError as e:
+        raise ModelError(path, f"ExecuTorch is not installed ({first_line(e)}): {INSTALL}") from None
+    except Exception as e:  # lowering raises its own error types for unsupported graphs
+        raise ModelError(path, f"ExecuTorch lowering failed: {first_line(e)}") from None
+    Path(path).write_bytes(buffer)
+    return contract
+
+
+def load_executorch(path: str | os.PathLike):
+    """The program's ``forward`` method, loaded by ExecuTorch's runtime; ModelError if it will not load."""
+    try:
+        with quiet_torch(), quiet_stderr():
+            from executorch.runtime import Runtime
+
+            return Runtime.get().load_program(Path(path)).load_method("forward")
+    except ImportError as e:
+        raise ModelError(path, f"ExecuTorch is not installed ({first_line(e)}): {INSTALL}") from None
+    except Exception as e:  # a corrupt flatbuffer surfaces as RuntimeError from the C++ loader
+        raise ModelError(path, f"executorch.runtime cannot load it ({first_line(e)})") from None
+
+
+def executorch_runner(path: str | os.PathLike):
+    """numpy in, numpy out through the ExecuTorch runtime; batches over MAX_BATCH run as chunks of it."""
+    import torch
+
+    method = load_executorch(path)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        outs = []
+        with quiet_stderr():  # a refused input is logged by the runtime before it raises
+            for start in range(0, len(x), MAX_BATCH):
+                outs.append(method.execute([torch.from_numpy(x[start:start + MAX_BATCH])])[0].detach().numpy())
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    return run

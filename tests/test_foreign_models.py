@@ -486,7 +486,7 @@ def test_bad_graphs_get_one_line_and_an_exit_code(tmp_path, case, command, mnist
 
 
 @pytest.mark.parametrize("options, code, words", [
-    ([], EXIT_ERROR, "has no toolkit contract (classes, preprocessing); describe it with --labels ... --mean ... "
+    ([], EXIT_ERROR, "has no toolkit metadata (classes, preprocessing); describe it with --labels ... --mean ... "
                      "--std ..."),
     (["--labels", "a,b,c,d,e,f,g,h,i,j"], EXIT_ERROR, "--mean ... --std ... (got --labels)"),
     (["--labels", ",".join(DIGITS), "--mean", "0.1,0.2,0.3", "--std", "0.5"], EXIT_USAGE,

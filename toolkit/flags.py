@@ -126,7 +126,7 @@ def require_flags(path, flags: PreprocessFlags | None) -> PreprocessFlags:
         return flags
     given = " (got " + ", ".join(o for n, o in OPTION_NAMES.items() if getattr(flags, n) is not None) + ")" \
         if flags is not None and flags.given else ""
-    raise MissingContract(path, "has no toolkit contract (classes, preprocessing); describe it with "
+    raise MissingContract(path, "has no toolkit metadata (classes, preprocessing); describe it with "
                                 f"{' '.join(m + ' ...' for m in missing)}{given} [--scale 255] "
                                 f"[--polarity light-on-dark], {STAMP_HINT}")
 

@@ -122,7 +122,8 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     from toolkit.export.stamp import is_onnx
 
     _check_sources(checkpoint, module, weights, input_shape, out, flags)
-    if module is None and is_onnx(checkpoint):
+    # An ONNX file alone goes to the checkpoint loader, which names what it is (exit 1, as before stamping existed).
+    if module is None and (out is not None or flags.given) and is_onnx(checkpoint):
         from toolkit.export.stamp import render, stamp_onnx
 
         if out is None or flags.missing:

@@ -177,10 +177,11 @@ class ExecuTorchEngine(Engine):
 
     def prepare(self) -> None:
         from .executorch_export import quiet_stderr
+        from .quiet import quiet_torch
 
         import_torch()
         try:
-            with quiet_stderr():
+            with quiet_torch(), quiet_stderr():  # an ExperimentalWarning and C++ log lines at import
                 import executorch.runtime  # noqa: F401  (its import is slow: not billed as session creation)
         except Exception as e:
             raise EngineUnavailable(f"executorch cannot be imported ({type(e).__name__}: {e})") from None

@@ -53,7 +53,10 @@ def is_uri(path) -> bool:
     return "://" in os.fspath(path)
 
 
-def import_ray():
+def import_ray(address: str | None = None):
+    if address and "RAY_AUTH_MODE" not in os.environ:
+        # Ray reads the mode when imported: a joining driver must send the cluster's token (see above).
+        os.environ["RAY_AUTH_MODE"] = "token"
     try:
         import ray
         import ray.data  # noqa: F401
@@ -234,9 +237,7 @@ class ModelActor:
 @contextlib.contextmanager
 def ray_session(address: str | None, reporter: Reporter):
     """Join the cluster at ``address`` or start a local one; leave (stopping a local one) however the run ends."""
-    if address and "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = "token"
-    ray = import_ray()
+    ray = import_ray(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray's C++ core logs warnings (e.g. on the actor pool's pickled arguments) straight to this process's
     # stderr; the CLI's rule is one line per problem, said by us. Set it to "warning" to see them again.
@@ -251,7 +252,9 @@ def ray_session(address: str | None, reporter: Reporter):
             if address:
                 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
             else:
-                ray.init(num_cpus=usable_cpus(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+                # "local": a new instance even where `ray start` runs one on this machine (ray.init would join it)
+                ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False, logging_level="ERROR",
+                         log_to_driver=False)
         except Exception as e:
             if address:
                 raise ClusterUnavailable(_join_failure(address, e, lines)) from None
@@ -315,7 +318,7 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
     png_path = Path(confusion) if confusion is not None else (default_confusion_path(out_path) if out_path else None)
     if png_path is not None and (confusion is not None or png_path.exists()):
         check_writable(png_path, force=force)
-    import_ray()  # the install command before anything else is done
+    import_ray(address)  # the install command before anything else is done
     inputs, sources, roots = collect_any(paths)
     files = inputs.files
     if not files:

@@ -214,7 +214,8 @@ def test_bench_json_schema_table_and_plot(tiny_onnx, tiny_run, tmp_path):
     assert ort["providers_used"] == ["CPUExecutionProvider"]
     assert ort["config"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
     assert ort["config"]["intra_op_num_threads"] == doc["settings"]["threads"]
-    assert {s["engine"] for s in doc["skipped"]} == {"ort-int8", "torchscript", "pt2"}  # their files are absent
+    assert {s["engine"] for s in doc["skipped"]} == {"ort-int8", "ort-int8-static", "ort-fp16", "torchscript", "pt2",
+                                                     "executorch"}  # their files are absent
     assert len(doc["results"]) == 4 and {r["mode"] for r in doc["results"]} == {"e2e"}
     ort4 = next(r for r in doc["results"] if r["engine"] == "ort" and r["batch"] == 4)
     ort_roof = next(r for r in doc["roofline"] if r["engine"] == "ort")

@@ -151,7 +151,9 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
     if formats is not None:
         _formats_table(settings, known, formats, data_dir, json_path, plot_path, markdown_path, progress, force)
         return
-    report = run_bench(settings, known, {"cpu": cpu_peak, "cuda": cuda_peak}, progress=progress)
+    # OpenVINO is another vendor's runtime: timed when named or in the --formats table, not in a plain run.
+    default = known if engines else {k: v for k, v in known.items() if k not in OPENVINO_ENGINES}
+    report = run_bench(settings, default, {"cpu": cpu_peak, "cuda": cuda_peak}, progress=progress)
     click.echo(render(report))
     if json_path:
         write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n", replace=force)

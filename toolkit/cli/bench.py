@@ -127,10 +127,10 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
             raise click.UsageError("give --formats or --engines, not both")
         if provider not in ("auto", "cpu"):
             raise click.UsageError("--formats compares formats on the CPU: use --provider cpu")
-        provider = "cpu"
+        provider = ctx.params["provider"] = "cpu"
         engines = None if formats == ("all",) else formats
         if ctx.get_parameter_source("batch_sizes") == click.core.ParameterSource.DEFAULT:
-            batch_sizes = (1, 1024)
+            batch_sizes = ctx.params["batch_sizes"] = (1, 1024)  # so the recorded command is the one that ran
     elif markdown_path:
         raise click.UsageError("--markdown writes the --formats table: add --formats all (or engine names)")
     unknown = [n for n in engines or () if n not in known]

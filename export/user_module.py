@@ -40,7 +40,8 @@ class ModuleConfig:
 
     def describe(self) -> str:
         c, h, w = self.input_shape
-        return f"user module {self.spec} ({self.parameters:,} parameters, input {c}x{h}x{w}, {self.num_classes} outputs)"
+        return (f"user module {self.spec} ({self.parameters:,} parameters, input {c}x{h}x{w}, "
+                f"{self.num_classes} outputs)")
 
     def flops_per_image(self) -> int | None:
         return self.flops

@@ -270,7 +270,8 @@ def test_weights_that_do_not_fit_name_the_keys(user_pkg, tmp_path):
     torch.save(sd, path)
     result = _bad("--module", f"{name}.nets:make", "--weights", path, "--input-shape", "1,28,28", *DIGITS)
     assert result.exit_code == EXIT_ERROR and str(path) in result.output
-    for part in ("missing keys head.bias", "unexpected keys extra.weight", "head.weight is (3, 3), expected (10, 1568)"):
+    for part in ("missing keys head.bias", "unexpected keys extra.weight",
+                 "head.weight is (3, 3), expected (10, 1568)"):
         assert part in result.output
 
 

@@ -1,4 +1,4 @@
-"""Named training recipes: how to optimise. Any recipe trains any architecture (--arch); each architecture has a default."""
+"""Named training recipes: how to optimise. Any recipe trains any architecture (--arch); each has a default."""
 
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ RECIPES = ("seed", "onecycle", "cnn")
 @click.option("--train-subset", type=click.IntRange(min=100), help="Train on the first N training images only (quick runs, tests).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm bars and per-epoch lines.")
 @force_option
-def command(arch, recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_subset, progress, force) -> None:
+def command(arch, recipe, epochs, batch_size, lr, seed, device, data_dir, out, train_subset, progress,
+            force) -> None:
     """Train the seed's MLP (or, with --arch cnn, a small CNN) on MNIST; write a self-describing checkpoint.
 
     Nothing is written until training finishes; every output is written

@@ -11,7 +11,7 @@ RECIPES = ("seed", "onecycle", "cnn")
 @click.command("train")
 @click.option("--arch", type=click.Choice(ARCHS), default="mlp", show_default=True,
               help="mlp: the seed's MLP (784-512-256-128-10). cnn: a small LeNet-style CNN (two 5x5 conv blocks, "
-                   "12 and 24 channels), more accurate and more robust to real-world digits, ~4x the compute.")
+                   "12 and 24 channels), more accurate and more robust to real-world digits, ~3x the FLOPs per image.")
 @click.option("--recipe", type=click.Choice(RECIPES),
               help="Default: seed for --arch mlp, cnn for --arch cnn. seed: the notebook's Adam/0.01/batch 64/"
                    "15 epochs. onecycle: AdamW + one-cycle LR + label smoothing + ±2 px shifts, 30 epochs (more "

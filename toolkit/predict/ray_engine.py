@@ -318,7 +318,9 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
     png_path = Path(confusion) if confusion is not None else (default_confusion_path(out_path) if out_path else None)
     if png_path is not None and (confusion is not None or png_path.exists()):
         check_writable(png_path, force=force)
+    imported = time.perf_counter()
     import_ray(address)  # the install command before anything else is done
+    imported = time.perf_counter() - imported
     inputs, sources, roots = collect_any(paths)
     files = inputs.files
     if not files:
@@ -336,7 +338,8 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
     summary.confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     outcome = None
     with ray_session(address, reporter) as (ray, startup):
-        summary.startup_seconds = startup
+        # Ray's start-up, reported apart (docs/scale.md): importing Ray and starting or joining the cluster.
+        summary.startup_seconds = imported + startup
         if predictor.notice:
             reporter.notice(predictor.notice)
         for note in inputs.notes:

@@ -195,11 +195,11 @@ def test_s3_prefix_on_a_local_s3_server(cluster, images, tmp_path):
 
 @pytest.fixture(scope="module")
 def many(images, tmp_path_factory):
-    """6,000 PNGs (the 300 digits, twenty times over) and the local engine's CSV for them."""
+    """12,000 PNGs (the 300 digits, forty times over, hard links) and the local engine's CSV for them."""
     folder, model, _ = images
     root = tmp_path_factory.mktemp("ray-many") / "imgs"
     sources = sorted(p for p in folder.rglob("*.png") if p.name != "broken.png")
-    for k in range(20):
+    for k in range(40):
         for p in sources:
             target = root / p.parent.name / f"{k:02d}-{p.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ def test_killed_actor_and_decoder_every_file_once(cluster, many, tmp_path):
                              "--provider", "cpu", "-o", str(out), "--engine", "ray", "--address", address],
                             stderr=subprocess.PIPE, text=True, env=os.environ | {"RAY_AUTH_TOKEN": token})
     try:
-        wait_for_rows(out, proc)
+        wait_for_rows(out, proc)  # rows are flowing: the kills land mid-run
         killed = []
         for title in (ACTOR_TITLE, "ray::MapBatches(decode_batch)"):
             deadline = time.monotonic() + 30

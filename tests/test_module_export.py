@@ -340,6 +340,11 @@ def test_output_width_other_than_the_labels_is_refused(user_pkg, good_weights):
     (["model.pth", "--module", "a.b:c"], "or --module, not both"),
     (["model.pth", "--weights", "w.pth"], "--weights and --input-shape go with --module"),
     ([], "missing CHECKPOINT"),
+    # A checkpoint carries its own contract: options that export would ignore are refused, each of them.
+    (["model.pth", "--labels", "a,b"], "--labels describe an ONNX file to stamp"),
+    (["model.pth", "--mean", "0.1", "--std", "0.3"], "--mean, --std describe an ONNX file to stamp"),
+    (["model.pth", "--scale", "1"], "--scale describe an ONNX file to stamp"),
+    (["model.pth", "--polarity", "dark-on-light"], "--polarity describe an ONNX file to stamp"),
 ])
 def test_usage_errors(args, expected):
     result = _bad(*args)

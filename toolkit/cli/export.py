@@ -134,6 +134,13 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
         return
     if out is not None:
         raise click.UsageError("--out is for stamping an ONNX file; a checkpoint's files go to --out-dir")
+    if module is None and flags.given:
+        # A checkpoint carries its classes and preprocessing; options that would be ignored are refused instead.
+        from toolkit.flags import OPTION_NAMES
+
+        named = ", ".join(o for n, o in OPTION_NAMES.items() if getattr(flags, n) is not None)
+        raise click.UsageError(f"{named} describe an ONNX file to stamp (with --out) or a --module "
+                               f"network; {checkpoint} carries its own classes and preprocessing")
     from toolkit.export.pipeline import export_checkpoint
     from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed

@@ -26,6 +26,7 @@ from .torchscript_export import first_line, load_torchscript
 
 RANDOM_BATCHES = (1, 2, 7, 64)
 RANDOM_SEED = 0
+CHUNK = 1024  # images per call when running the test set
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -52,8 +53,13 @@ def make_reference(model, test_images: np.ndarray, test_labels: np.ndarray, spec
     random_x = {b: spec.normalize(rng.integers(0, 256, (b, spec.height, spec.width), dtype=np.uint8))
                 for b in RANDOM_BATCHES}
     run = torch_runner(model.eval())
-    return Reference(test_x=test_x, test_y=np.asarray(test_labels), test_logits=run(test_x),
+    return Reference(test_x=test_x, test_y=np.asarray(test_labels), test_logits=in_chunks(run, test_x),
                      random_x=random_x, random_logits={b: run(x) for b, x in random_x.items()})
+
+
+def in_chunks(run: Runner, x: np.ndarray, size: int = CHUNK) -> np.ndarray:
+    """The test set in slices: a user's large network on 10,000 images at once could exhaust memory."""
+    return np.concatenate([np.asarray(run(x[i:i + size])) for i in range(0, len(x), size)])
 
 
 # ---------------------------------------------------------------- loading written files
@@ -141,7 +147,7 @@ def compare(fmt: str, run: Runner, ref: Reference, atol: float, rtol: float) -> 
     cases += [(f"batch {b}", ref.random_x[b], ref.random_logits[b]) for b in ref.random_x]
     for name, x, expected in cases:
         try:
-            out = np.asarray(run(x))
+            out = in_chunks(run, x)
         except Exception as e:  # a file that loads but cannot run this batch is a failed export
             c.error = f"running it on {name} (shape {list(x.shape)}) failed: {first_line(e)}"
             return c

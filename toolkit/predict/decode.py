@@ -20,9 +20,11 @@ with plain Pillow.
   DCT scale (draft mode); other images of more than ``REDUCE_ABOVE`` pixels are box-averaged by an
   integer factor while they are converted to gray, one band of rows at a time, so no full-size copy
   exists besides Pillow's decoded pixels. Those are bounded too: an image whose decoded pixels would
-  take more than ``DECODE_BUDGET`` bytes is refused before decoding (Pillow stores RGB, RGBA, CMYK
-  and 32-bit pixels in 4 bytes, 16-bit in 2, gray and palette in 1; WebP's decoder holds its own
-  buffers, 12 bytes more). Peak memory of one decode therefore stays near the budget plus the interpreter's own.
+  take more than ``DECODE_BUDGET`` bytes (Pillow stores RGB, RGBA, CMYK and 32-bit pixels in 4 bytes,
+  16-bit in 2, gray and palette in 1; WebP's decoder holds its own buffers, 12 bytes more), known from
+  the header, is never given to Pillow: libvips decodes it a few rows at a time and shrinks it on the
+  way (``shrink_decode``), or, where libvips cannot, it is refused with a reason. Peak memory of one
+  decode therefore stays near the budget plus the interpreter's own.
 
 The dominant input, a small plain 8-bit gray PNG (what MNIST exports look like), is
 decoded by libspng (pyspng, 0.4 MB installed): Pillow's PNG plugin spends five times as long
@@ -43,6 +45,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from .shrink_decode import shrink_decode
 
 try:
     import pyspng
@@ -277,12 +280,14 @@ def _decode(fp, path) -> np.ndarray:
             if im.format in ("JPEG", "MPO") and max(im.size) > max(_JPEG_DRAFT_SIZE):
                 im.draft("L" if im.mode in ("RGB", "L") else None, _JPEG_DRAFT_SIZE)
             need = im.width * im.height * _stored_bytes(im)
-            if need > DECODE_BUDGET:
-                raise ImageError(path, f"too large to decode: {im.width}x{im.height} {im.mode} takes "
-                                       f"{need / 2**20:,.0f} MiB decoded, over the {DECODE_BUDGET >> 20} MiB a "
-                                       "decoding process may use; save it smaller (the digit is read at 20x20)")
-            im.load()
             oriented = im.format in _EXIF_FORMATS and (im.format == "TIFF" or any(k in im.info for k in _ORIENTATION_KEYS))
+            if need > DECODE_BUDGET:
+                gray, alpha = shrink_decode(fp, path, im, math.isqrt(im.width * im.height // _REDUCED_PIXELS),
+                                            f"{im.width}x{im.height} {im.mode} takes {need / 2**20:,.0f} MiB decoded, "
+                                            f"over the {DECODE_BUDGET >> 20} MiB a decoding process may use")
+                gray = np.rint(gray).astype(np.uint8) if alpha is None else _composite_premultiplied(gray, alpha)
+                return _oriented(gray, im) if oriented else gray
+            im.load()
             if im.width * im.height > REDUCE_ABOVE:
                 gray = _reduced_gray(im, math.isqrt(im.width * im.height // _REDUCED_PIXELS))
                 return _oriented(gray, im) if oriented else gray

@@ -3,7 +3,9 @@
 Pillow has no public way to decode a PNG, TIFF or WebP at less than full size, so an image whose
 decoded pixels exceed ``decode.DECODE_BUDGET`` goes to libvips (pyvips), which reads the file
 sequentially, a few rows at a time, and box-averages it by the same integer factor as
-``decode._reduced_gray`` while it is read: no full-size copy ever exists.
+``decode._reduced_gray`` while it is read: no full-size copy ever exists. WebP is the exception:
+libwebp cannot decode rows on demand, so it is asked to decode at the reduced scale directly
+(its rescaler averages areas too).
 
 The result follows Pillow's rules, so the reduced image is the one the normal path would give:
 ITU-R 601-2 luma (Pillow's ``convert("L")``), 16-bit samples scaled by 1/257, gray levels
@@ -46,10 +48,14 @@ def shrink_decode(fp, path, im, factor: int, why_large: str) -> tuple[np.ndarray
     except (ImportError, OSError):  # no wheel for this platform, or libvips missing
         raise refuse("libvips (pyvips), which decodes such images at reduced size, is not installed") from None
     try:
+        options = {"access": "sequential", "fail_on": "truncated"}
+        if im.format == "WEBP":
+            # libwebp decodes a whole frame at once unless told to scale (area-averaging as it decodes).
+            options["scale"], factor = 1 / factor, 1
         if isinstance(fp, io.BytesIO):
-            image = getattr(pyvips.Image, loader + "_buffer")(fp.getvalue(), access="sequential", fail_on="truncated")
+            image = getattr(pyvips.Image, loader + "_buffer")(fp.getvalue(), **options)
         else:
-            image = getattr(pyvips.Image, loader)(path, access="sequential", fail_on="truncated")
+            image = getattr(pyvips.Image, loader)(path, **options)
         scale = _SCALE.get(image.format)
         if scale is None or image.bands not in (1, 2, 3, 4):
             raise refuse(f"its {image.bands}-band {image.format} {image.interpretation} pixels cannot be "
@@ -63,9 +69,12 @@ def shrink_decode(fp, path, im, factor: int, why_large: str) -> tuple[np.ndarray
         if alpha:
             opacity = bands[-1] * (scale / 255.0)
             gray = (gray * opacity).bandjoin(opacity)
-        w, h = image.width // factor * factor, image.height // factor * factor
-        # Edge rows and columns short of a whole box are dropped, as decode._reduced_gray does.
-        shrunk = gray.cast("float").crop(0, 0, w, h).shrink(factor, factor).numpy()
+        gray = gray.cast("float")
+        if factor > 1:
+            # Edge rows and columns short of a whole box are dropped, as decode._reduced_gray does.
+            w, h = image.width // factor * factor, image.height // factor * factor
+            gray = gray.crop(0, 0, w, h).shrink(factor, factor)
+        shrunk = gray.numpy()
     except ImageError:
         raise
     except pyvips.Error as e:

@@ -316,6 +316,20 @@ def test_images_over_the_decode_budget_are_predicted_at_reduced_size_with_bounde
     assert rows["big." + kind.rsplit("-", 1)[1]]["label"] == rows["small.png"]["label"] != ""
 
 
+def test_reduced_decode_by_libvips_keeps_the_exif_orientation(tmp_path):
+    pyvips = pytest.importorskip("pyvips")
+    digit = _vips_digit(pyvips, 9450)
+    image = digit.bandjoin([digit, digit, 255]).copy(interpretation="srgb")
+    image.set_type(pyvips.GValue.gint_type, "orientation", 6)  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.png"
+    image.pngsave(str(path), compression=1)
+    small = Image.fromarray(_vips_digit(pyvips, _BASE_SIDE).numpy())
+    expected = np.asarray(small.resize((1050, 1050), Image.Resampling.BOX).transpose(Image.Transpose.ROTATE_270))
+    unturned = np.asarray(small.resize((1050, 1050), Image.Resampling.BOX))
+    got = read_gray(path).astype(int)
+    assert got.shape == (1050, 1050) and np.abs(got - expected).mean() < 1 < np.abs(got - unturned).mean()
+
+
 @pytest.mark.parametrize("w, h", [(8000, 8000), (12000, 4400)])
 def test_bmp_over_the_decode_budget_is_refused_with_a_reason(tmp_path, w, h):
     """libvips reads no BMP without ImageMagick: such a BMP stays a per-file refusal, one line."""

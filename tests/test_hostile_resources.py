@@ -330,6 +330,21 @@ def test_reduced_decode_by_libvips_keeps_the_exif_orientation(tmp_path):
     assert got.shape == (1050, 1050) and np.abs(got - expected).mean() < 1 < np.abs(got - unturned).mean()
 
 
+@pytest.mark.parametrize("kind", ["rgba-png", "rgb-tif", "rgba-webp"])
+def test_a_truncated_image_over_the_budget_is_one_line(tmp_path, kind):
+    pyvips = pytest.importorskip("pyvips")
+    whole = tmp_path / f"whole.{kind.rsplit('-', 1)[1]}"
+    _vips_save(pyvips, kind, 7500, whole)
+    cut = tmp_path / f"cut.{kind.rsplit('-', 1)[1]}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    out, model = tmp_path / "r.csv", tmp_path / "m.onnx"
+    linear_onnx(model)
+    result = invoke(["predict", cut, "--model", model, "--provider", "cpu", "-o", out])
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert f"{cut.name}: " in result.output and ("truncated" in result.output or "damaged" in result.output)
+
+
 @pytest.mark.parametrize("w, h", [(8000, 8000), (12000, 4400)])
 def test_bmp_over_the_decode_budget_is_refused_with_a_reason(tmp_path, w, h):
     """libvips reads no BMP without ImageMagick: such a BMP stays a per-file refusal, one line."""

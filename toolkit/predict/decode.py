@@ -222,6 +222,10 @@ def _reduced_gray(im: Image.Image, factor: int) -> np.ndarray:
     return np.rint(gray).astype(np.uint8)
 
 
+def _has_orientation(im: Image.Image) -> bool:
+    return im.format in _EXIF_FORMATS and (im.format == "TIFF" or any(k in im.info for k in _ORIENTATION_KEYS))
+
+
 def _oriented(gray: np.ndarray, im: Image.Image) -> np.ndarray:
     """Apply ``im``'s EXIF orientation to gray levels computed from it."""
     small = Image.fromarray(gray)
@@ -280,14 +284,15 @@ def _decode(fp, path) -> np.ndarray:
             if im.format in ("JPEG", "MPO") and max(im.size) > max(_JPEG_DRAFT_SIZE):
                 im.draft("L" if im.mode in ("RGB", "L") else None, _JPEG_DRAFT_SIZE)
             need = im.width * im.height * _stored_bytes(im)
-            oriented = im.format in _EXIF_FORMATS and (im.format == "TIFF" or any(k in im.info for k in _ORIENTATION_KEYS))
             if need > DECODE_BUDGET:
                 gray, alpha = shrink_decode(fp, path, im, math.isqrt(im.width * im.height // _REDUCED_PIXELS),
                                             f"{im.width}x{im.height} {im.mode} takes {need / 2**20:,.0f} MiB decoded, "
                                             f"over the {DECODE_BUDGET >> 20} MiB a decoding process may use")
                 gray = np.rint(gray).astype(np.uint8) if alpha is None else _composite_premultiplied(gray, alpha)
-                return _oriented(gray, im) if oriented else gray
+                # Pillow never loads this image, so only an orientation stored before the pixels is seen.
+                return _oriented(gray, im) if _has_orientation(im) else gray
             im.load()
+            oriented = _has_orientation(im)  # after load: a PNG may keep its EXIF after the pixels
             if im.width * im.height > REDUCE_ABOVE:
                 gray = _reduced_gray(im, math.isqrt(im.width * im.height // _REDUCED_PIXELS))
                 return _oriented(gray, im) if oriented else gray

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -191,6 +192,50 @@ def test_s3_prefix_on_a_local_s3_server(cluster, images, tmp_path):
     for row in want:
         row["path"] = "s3://digits/imgs/" + Path(row["path"]).relative_to(folder).as_posix()
     assert got == want and len(got) == IMAGES
+
+
+def test_parquet_directory_holds_the_local_engines_rows(cluster, images, tmp_path):
+    """-o NAME.parquet: Ray Data writes the CSV's rows (typed) into a directory; no clobber; local engine refused."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    address, token = cluster
+    folder, model, _ = images
+    mixed = tmp_path / "imgs"
+    shutil.copytree(folder, mixed)  # the 300 digits and the broken PNG
+    (mixed / "7").mkdir(exist_ok=True)
+    Image.new("L", (28, 28), 255).save(mixed / "7" / "blank.png")  # a labelled blank: no label, blank true
+    (mixed / "unlabelled").mkdir()
+    Image.open(sorted(folder.rglob("*.png"))[0]).save(mixed / "unlabelled" / "=sum.png")  # no folder label
+    local = tmp_path / "local.csv"
+    assert toolkit("predict", mixed, "--model", model, "--provider", "cpu", "-o", local).returncode == 3
+    out = tmp_path / "rows.parquet"
+    env = os.environ | {"RAY_AUTH_TOKEN": token}
+    result = toolkit("predict", mixed, "--model", model, "--provider", "cpu", "-o", out, "--engine", "ray",
+                     "--address", address, env=env)
+    assert result.returncode == 3, result.stderr
+    assert f"skipped {mixed}/3/broken.png: truncated file" in result.stderr and "Traceback" not in result.stderr
+    assert out.is_dir() and not [p for p in tmp_path.iterdir() if p.name.startswith(".rows.parquet")]
+    table = pq.read_table(out)
+    header, *want = rows(local)
+    assert table.column_names == header
+    text = {"confidence", *(c for c in header if c.endswith("_prob"))}
+
+    def as_csv(column, value):
+        if value is None:
+            return ""
+        if column == "blank":
+            return "true" if value else "false"
+        return f"{value:.6f}" if column in text else value
+
+    got = [[as_csv(c, v) for c, v in zip(header, row.values())] for row in table.to_pylist()]
+    assert sorted(got) == sorted(want) and len(want) == IMAGES + 2  # + the blank and the unlabelled; not broken.png
+    assert any(r[header.index("blank")] == "true" for r in got)
+    assert out.with_name("rows.confusion.png").read_bytes() == local.with_name("local.confusion.png").read_bytes()
+    before = sorted(p.name for p in out.iterdir())
+    again = toolkit("predict", mixed, "--model", model, "-o", out, "--engine", "ray", "--address", address, env=env)
+    assert again.returncode == 1 and "already exists; pass --force" in again.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+    refused = toolkit("predict", mixed, "--model", model, "-o", tmp_path / "x.parquet")
+    assert refused.returncode == 2 and "--engine ray only" in refused.stderr
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,9 @@ def ignore_stop_signals() -> None:
 
 
 def _check_output(ctx, param, value):
-    if value is not None and not value.lower().endswith((".csv", ".jsonl")):
-        raise click.BadParameter("the file name must end in .csv or .jsonl", ctx=ctx, param=param)
+    if value is not None and not value.lower().endswith((".csv", ".jsonl", ".parquet")):
+        raise click.BadParameter("the file name must end in .csv or .jsonl (or .parquet with --engine ray)",
+                                 ctx=ctx, param=param)
     return value
 
 
@@ -92,7 +93,9 @@ def _refuse_shared_paths(paths, output, confusion) -> None:
                    "path_display: the path with a leading ' when it starts with = + - @ tab or CR, so a "
                    "spreadsheet shows it instead of running it as a formula (path itself is always exact). "
                    "A file that appears at FILE during the run is never replaced without --force: the rows "
-                   "then go to FILE.1.csv (exit 1, saying so).")
+                   "then go to FILE.1.csv (exit 1, saying so). With --engine ray, FILE.parquet is a directory of "
+                   "Parquet files with the same columns, written on the cluster by Ray Data (rows in no set "
+                   "order; see docs/scale.md).")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of the most likely labels to report (capped at the number of classes).")
 @click.option("--confusion", metavar="FILE.png", callback=_check_png,
@@ -129,6 +132,9 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
         raise click.UsageError("--address joins a Ray cluster: it needs --engine ray")
     if engine != "ray" and (uris := [p for p in paths if "://" in p]):
         raise click.UsageError(f"{printable(uris[0])}: a URI is read by --engine ray only")
+    if engine != "ray" and output is not None and output.lower().endswith(".parquet"):
+        raise click.UsageError(f"--output {printable(output)}: Parquet is written by --engine ray only; "
+                               "use .csv or .jsonl with the local engine")
     if engine == "ray" and workers is not None:
         raise click.UsageError("--workers sizes the local engine; with --engine ray the cluster's CPUs decode")
 

@@ -28,13 +28,16 @@ from ..atomic import atomic_path, check_writable
 from ..errors import OutputError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+# A directory of Parquet files written on the cluster by Ray Data (--engine ray only; docs/scale.md).
+PARQUET = ".parquet"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def output_format(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise OutputError(path, "unknown output format; the name must end in .csv or .jsonl")
+        raise OutputError(path, "unknown output format; the name must end in .csv or .jsonl"
+                                + (" (.parquet is written by --engine ray only)" if suffix == PARQUET else ""))
     return FORMATS[suffix]
 
 
@@ -54,6 +57,30 @@ def csv_header(top_k: int) -> list[str]:
     for i in range(1, top_k + 1):
         cols += [f"top{i}_label", f"top{i}_prob"]
     return cols + ["path_display"]
+
+
+def row_columns(paths: list[str], expected: list[str | None], probs: np.ndarray, top: np.ndarray,
+                blank: np.ndarray, classes: list[str], top_k: int) -> dict[str, list]:
+    """The CSV's columns with typed values, as JSONL has them (for Parquet): probabilities rounded to 6 places;
+    a blank image's label, confidence and top-k are null; no folder label is a null ``expected``.
+
+    Parquet strings are UTF-8: a name that is not (surrogate-escaped bytes) has those bytes replaced by U+FFFD.
+    """
+    paths = [p.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for p in paths]
+    top_rows, prob_rows, blank_rows = top.tolist(), probs.tolist(), blank.tolist()
+    cols: dict[str, list] = {"path": paths, "label": [], "confidence": [], "expected": list(expected),
+                             "blank": [bool(b) for b in blank_rows]}
+    tops = [([], []) for _ in range(top_k)]
+    for best, p, empty in zip(top_rows, prob_rows, blank_rows):
+        cols["label"].append(None if empty else classes[best[0]])
+        cols["confidence"].append(None if empty else round(p[best[0]], 6))
+        for (labels, values), j in zip(tops, best):
+            labels.append(None if empty else classes[j])
+            values.append(None if empty else round(p[j], 6))
+    for i, (labels, values) in enumerate(tops, 1):
+        cols[f"top{i}_label"], cols[f"top{i}_prob"] = labels, values
+    cols["path_display"] = [spreadsheet_safe(p) for p in paths]
+    return cols
 
 
 def spreadsheet_safe(text: str) -> str:

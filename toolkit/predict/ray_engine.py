@@ -25,19 +25,21 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_file, check_writable
-from ..errors import ClusterUnavailable, ImageError
+from ..atomic import _umask, atomic_file, check_writable
+from ..errors import ClusterUnavailable, ImageError, OutputError
 from ..machine import usable_cpus
 from ..preprocess import PreprocessSpec, is_blank, to_model_pixels
 from .decode import IMAGE_SUFFIXES, bombs_refused, decode_gray
 from .inputs import Inputs, collect
-from .output import ResultWriter, check_output, default_confusion_path, output_format, write_confusion_png
+from .output import (PARQUET, ResultWriter, check_output, default_confusion_path, output_format, row_columns,
+                     top_k_indices, write_confusion_png)
 from .pipeline import NoImages, PredictInterrupted, Reporter, Summary, _decode_chunk, _Stop, record_batch
 
 INSTALL = "pip install 'toolkit[cluster]'"
@@ -196,7 +198,13 @@ def decode_batch(batch: dict, spec_json: str, roots: list[str]) -> dict:
                     reasons[i] = e.reason
                 except Exception as e:  # one odd file must never end a run over thousands
                     reasons[i] = f"could not be processed ({type(e).__name__}: {e})"
-    return {"index": batch["index"], "pixels": pixels, "reason": np.array(reasons, dtype=object)}
+    return {"index": batch["index"], "pixels": pixels, "reason": np.array(reasons, dtype=object),
+            **_carried(batch)}
+
+
+def _carried(batch: dict) -> dict:
+    """What the Parquet rows need beyond the model's output: passed along by each stage (only then)."""
+    return {k: batch[k] for k in ("path", "expected") if "expected" in batch}
 
 
 class ModelActor:
@@ -229,7 +237,35 @@ class ModelActor:
             # == the local engine's run_batch: normalisation by table, the same arrangement
             logits[ok] = self.predictor.logits(self.spec.arrange(self.lookup[pixels]))
             blank[ok] = is_blank(pixels)
-        return {"index": batch["index"], "logits": logits, "blank": blank, "reason": batch["reason"]}
+        return {"index": batch["index"], "logits": logits, "blank": blank, "reason": batch["reason"],
+                **_carried(batch)}
+
+
+def parquet_rows(batch: dict, classes: list[str], top_k: int, probabilities: bool):
+    """Cluster side of a Parquet output: the rows the CSV would hold (output.row_columns), as an Arrow table.
+
+    Files that were skipped (a decoding reason, or NaN/Inf from the model) have no row, as in the CSV.
+    """
+    import pyarrow as pa
+
+    from ..runtime import softmax
+
+    logits = batch["logits"]
+    keep = np.array([not r for r in batch["reason"]], dtype=bool) & np.isfinite(logits).all(axis=1)
+    logits = logits[keep].astype(np.float32)
+    probs = logits if probabilities else softmax(logits)
+    paths = [os.fsdecode(bytes(p)) for p in batch["path"][keep]]
+    expected = [e or None for e in batch["expected"][keep].tolist()]
+    cols = row_columns(paths, expected, probs, top_k_indices(probs, top_k), batch["blank"][keep], classes, top_k)
+    return pa.table({k: pa.array(v, type=_parquet_type(k)) for k, v in cols.items()})
+
+
+def _parquet_type(column: str):
+    import pyarrow as pa
+
+    if column == "blank":
+        return pa.bool_()
+    return pa.float64() if column == "confidence" or column.endswith("_prob") else pa.string()
 
 
 # ---------------------------------------------------------------- the cluster
@@ -314,7 +350,11 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
 
     started = time.perf_counter()
     reporter = reporter or Reporter()
-    out_path = check_output(output, force=force) if output is not None else None
+    parquet = output is not None and Path(output).suffix.lower() == PARQUET
+    if parquet:
+        out_path = check_parquet_output(output, force=force)
+    else:
+        out_path = check_output(output, force=force) if output is not None else None
     png_path = Path(confusion) if confusion is not None else (default_confusion_path(out_path) if out_path else None)
     if png_path is not None and (confusion is not None or png_path.exists()):
         check_writable(png_path, force=force)
@@ -351,9 +391,12 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
         where = f"joined {address}" if address else "started a local Ray instance"
         reporter.notice(f"--engine ray: {where} in {startup:.1f} s; {sizing['cpus']:g} CPU(s), "
                         f"{sizing['actors']} model actor(s), {sizing['blocks']} decode task(s)")
-        ds = ray.data.from_items(
-            [{"index": i, "path": os.fsencode(p), "source": s} for i, (p, s) in enumerate(zip(files, sources))],
-            override_num_blocks=sizing["blocks"])
+        items = [{"index": i, "path": os.fsencode(p), "source": s} for i, (p, s) in enumerate(zip(files, sources))]
+        if parquet:  # the rows are made on the cluster: each file's folder label travels with it
+            index = set(classes)
+            for item, parent in zip(items, inputs.parents):
+                item["expected"] = parent if parent in index else ""
+        ds = ray.data.from_items(items, override_num_blocks=sizing["blocks"])
         ds = ds.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=DECODE_CPUS,
                             fn_kwargs={"spec_json": predictor.contract.preprocess.to_json(), "roots": roots})
         gpu = {"num_gpus": 1} if predictor.provider == "cuda" or provider == "cuda" else {}
@@ -361,23 +404,11 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
                             compute=ray.data.ActorPoolStrategy(size=sizing["actors"]), num_cpus=ACTOR_CPUS,
                             fn_constructor_kwargs={"model": [ray.put(model_bytes)], "suffix": Path(model).suffix or ".onnx",
                                                    "provider": provider, "flags": flags}, **gpu)
-        with contextlib.ExitStack() as stack, _Stop() as stop:
-            writer = None
-            if out_path is not None:
-                writer = ResultWriter(stack.enter_context(atomic_file(out_path, replace=force)),
-                                      output_format(out_path), classes, top_k)
-            try:
-                try:
-                    stop.armed = True
-                    outcome = _drain(ds, inputs, predictor, top_k, summary, writer, reporter, stop)
-                finally:
-                    stop.armed = False
-            except KeyboardInterrupt:
-                outcome = "interrupted"
-            summary.interrupted = outcome is not None
-            if writer:
-                writer.finish()
-                summary.rows_written = writer.rows
+        if parquet:
+            outcome = _write_parquet(ds, out_path, force, inputs, predictor, top_k, summary, reporter)
+        else:
+            outcome = _write_rows(ds, out_path, force, inputs, predictor, top_k, summary, reporter)
+        summary.interrupted = outcome is not None
     if summary.labelled and png_path is not None and not summary.interrupted:
         write_confusion_png(png_path, summary.confusion, summary.classes,
                             f"confusion matrix: {summary.accuracy * 100:.2f}% correct of {summary.labelled} "
@@ -388,6 +419,95 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
     if outcome:
         raise PredictInterrupted(summary)
     return summary
+
+
+def _write_rows(ds, out_path, force, inputs, predictor, top_k, summary, reporter):
+    """CSV/JSONL (or no file): rows written by the driver in input order, as the local engine writes them."""
+    with contextlib.ExitStack() as stack, _Stop() as stop:
+        writer = None
+        if out_path is not None:
+            writer = ResultWriter(stack.enter_context(atomic_file(out_path, replace=force)),
+                                  output_format(out_path), predictor.classes, top_k)
+        try:
+            try:
+                stop.armed = True
+                outcome = _drain(ds, inputs, predictor, top_k, summary, writer, reporter, stop)
+            finally:
+                stop.armed = False
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+        if writer:
+            writer.finish()
+            summary.rows_written = writer.rows
+    return outcome
+
+
+def check_parquet_output(path, *, force: bool) -> Path:
+    """-o NAME.parquet: a directory that must not exist yet (or --force), in a writable folder."""
+    path = Path(path)
+    if os.path.lexists(path) and not force:
+        raise OutputError(path, "already exists; pass --force to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(path, f"directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(path, f"directory {parent} is not writable")
+    return path
+
+
+def _write_parquet(ds, out_path, force, inputs, predictor, top_k, summary, reporter):
+    """Rows written on the cluster by Ray Data's write_parquet into a hidden sibling directory, renamed at the end.
+
+    The model's outputs are materialised once (Ray's object store, spilled to disk when large): the rows are
+    written from them and the driver then records counts, accuracy and the skipped files from the same blocks.
+    An interrupted run leaves no directory (its rows are not in input order: a prefix cannot be kept).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent if
+                                str(out_path.parent) else "."))
+    try:
+        with _Stop() as stop:
+            stop.requested = True  # nothing partial is kept: the first signal stops at once
+            try:
+                stop.armed = True
+                done = ds.materialize()
+                done.map_batches(parquet_rows, batch_size=None, batch_format="numpy", num_cpus=DECODE_CPUS,
+                                 fn_kwargs={"classes": predictor.classes, "top_k": top_k,
+                                            "probabilities": predictor.contract.output_kind == "probabilities"}
+                                 ).write_parquet(str(tmp.absolute()))
+                stop.armed = False
+                stop.requested = False
+                outcome = _drain(done.select_columns(["index", "logits", "blank", "reason"]), inputs, predictor,
+                                 top_k, summary, None, reporter, stop)
+            except KeyboardInterrupt:
+                return "interrupted"
+            finally:
+                stop.armed = False
+        if outcome is None:
+            _publish_folder(tmp, out_path, force)
+            summary.rows_written = summary.images
+        return outcome
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish_folder(tmp: Path, path: Path, force: bool) -> None:
+    """The finished directory takes its name; without --force nothing that appeared there meanwhile is replaced."""
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, as a plain mkdir would have made it
+    if os.path.lexists(path):
+        if not force:
+            for n in range(1, 1000):
+                kept = path.with_name(f"{path.stem}.{n}{path.suffix}")
+                if not os.path.lexists(kept):
+                    os.rename(tmp, kept)
+                    raise OutputError(path, f"appeared while this run was writing it and was left untouched; "
+                                            f"the results are in {kept} instead")
+            raise OutputError(path, "appeared while this run was writing it and was left untouched")
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=tmp.parent))
+        os.rename(path, old / "replaced")  # aside first, so the new directory is never mixed with the old one
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.rename(tmp, path)
 
 
 def _drain(ds, inputs, predictor, top_k, summary, writer, reporter, stop):

@@ -392,12 +392,7 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
         check_writable(png_path, force=force)
 
     inputs = collect(paths)
-    files = inputs.files
-    if not files:
-        for path, reason in inputs.skipped:
-            reporter.skipped(path, reason)
-        raise NoImages("nothing to predict: no image files in the given path(s)"
-                       + (f" ({len(inputs.ignored)} non-image file(s) ignored)" if inputs.ignored else ""))
+    files = require_files(inputs, reporter)
     if workers is None:
         workers = usable_cpus() if len(files) >= POOL_MIN_FILES else 0
     elif workers > WORKERS_PER_CPU * usable_cpus():
@@ -422,13 +417,7 @@ def predict_paths(paths, *, model: str | os.PathLike = "model.onnx", provider: s
             top_k = min(top_k, len(classes))
             summary = Summary(provider=predictor.provider, classes=classes, skipped=len(inputs.skipped),
                               ignored=len(inputs.ignored), output=out_path)
-            if predictor.notice:
-                reporter.notice(predictor.notice)
-            for note in inputs.notes:
-                reporter.notice(note)
-            reporter.begin(files, classes, top_k)
-            for path, reason in inputs.skipped:
-                reporter.skipped(path, reason)
+            begin_report(reporter, predictor, inputs, classes, top_k)
             writer = None
             if out_path is not None:
                 # The output's temporary file is removed by the stack on any error, and renamed otherwise.
@@ -547,3 +536,24 @@ def record_batch(files, labels, index, top_k, summary, writer, reporter, predict
     summary.images += len(paths)
     summary.blank += int(blank.sum())
     reporter.predicted(paths, expected, probs, top, blank)
+
+
+def require_files(inputs, reporter) -> list:
+    """The files to predict; NoImages (with the skipped ones reported) when there are none."""
+    if not inputs.files:
+        for path, reason in inputs.skipped:
+            reporter.skipped(path, reason)
+        raise NoImages("nothing to predict: no image files in the given path(s)"
+                       + (f" ({len(inputs.ignored)} non-image file(s) ignored)" if inputs.ignored else ""))
+    return inputs.files
+
+
+def begin_report(reporter, predictor, inputs, classes: list[str], top_k: int) -> None:
+    """What every engine says before its first row: notices, the table's head, the files already skipped."""
+    if predictor.notice:
+        reporter.notice(predictor.notice)
+    for note in inputs.notes:
+        reporter.notice(note)
+    reporter.begin(inputs.files, classes, top_k)
+    for path, reason in inputs.skipped:
+        reporter.skipped(path, reason)

@@ -40,7 +40,8 @@ from .decode import IMAGE_SUFFIXES, bombs_refused, decode_gray
 from .inputs import Inputs, collect
 from .output import (PARQUET, ResultWriter, check_output, default_confusion_path, output_format, row_columns,
                      top_k_indices, write_confusion_png)
-from .pipeline import NoImages, PredictInterrupted, Reporter, Summary, _decode_chunk, _Stop, record_batch
+from .pipeline import (PredictInterrupted, Reporter, Summary, _decode_chunk, _Stop, begin_report, record_batch,
+                       require_files)
 
 INSTALL = "pip install 'toolkit[cluster]'"
 CPUS_PER_ACTOR = 8
@@ -362,12 +363,7 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
     import_ray(address)  # the install command before anything else is done
     imported = time.perf_counter() - imported
     inputs, sources, roots = collect_any(paths)
-    files = inputs.files
-    if not files:
-        for path, reason in inputs.skipped:
-            reporter.skipped(path, reason)
-        raise NoImages("nothing to predict: no image files in the given path(s)"
-                       + (f" ({len(inputs.ignored)} non-image file(s) ignored)" if inputs.ignored else ""))
+    files = require_files(inputs, reporter)
     # Opened here first: a bad model or provider fails before any cluster work, with the local engine's errors.
     predictor = Predictor.open(model, provider, 1, flags=flags)
     model_bytes = Path(model).read_bytes()
@@ -380,13 +376,7 @@ def predict_paths_ray(paths, *, address: str | None = None, model: str | os.Path
     with ray_session(address, reporter) as (ray, startup):
         # Ray's start-up, reported apart (docs/scale.md): importing Ray and starting or joining the cluster.
         summary.startup_seconds = imported + startup
-        if predictor.notice:
-            reporter.notice(predictor.notice)
-        for note in inputs.notes:
-            reporter.notice(note)
-        reporter.begin(files, classes, top_k)
-        for path, reason in inputs.skipped:
-            reporter.skipped(path, reason)
+        begin_report(reporter, predictor, inputs, classes, top_k)
         sizing = plan(ray, len(files), batch_size, predictor.provider if provider != "auto" else provider)
         where = f"joined {address}" if address else "started a local Ray instance"
         reporter.notice(f"--engine ray: {where} in {startup:.1f} s; {sizing['cpus']:g} CPU(s), "

@@ -345,6 +345,24 @@ def test_a_truncated_image_over_the_budget_is_one_line(tmp_path, kind):
     assert f"{cut.name}: " in result.output and ("truncated" in result.output or "damaged" in result.output)
 
 
+@pytest.mark.parametrize("size", [64, 7500])  # the Pillow path and the reduced decode
+def test_damaged_metadata_warnings_never_reach_the_terminal(tmp_path, size):
+    """Pillow warns ("Corrupt EXIF data") on a TIFF cut in half; a real process prints only its own lines."""
+    pyvips = pytest.importorskip("pyvips")
+    whole = tmp_path / "whole.tif"
+    _vips_save(pyvips, "rgb-tif", size, whole)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    model = tmp_path / "m.onnx"
+    linear_onnx(model)
+    r = subprocess.run([sys.executable, "-m", "toolkit", "predict", str(cut), str(whole), "--model", str(model),
+                        "--provider", "cpu", "-o", str(tmp_path / "r.csv")], capture_output=True, text=True)
+    assert r.returncode == 3
+    assert "Warning" not in r.stderr and "warnings.warn" not in r.stderr, r.stderr
+    named = [line for line in r.stderr.splitlines() if "cut.tif" in line]
+    assert len(named) == 1 and named[0].startswith("skipped ") and f"{cut}: " in named[0], r.stderr
+
+
 @pytest.mark.parametrize("w, h", [(8000, 8000), (12000, 4400)])
 def test_bmp_over_the_decode_budget_is_refused_with_a_reason(tmp_path, w, h):
     """libvips reads no BMP without ImageMagick: such a BMP stays a per-file refusal, one line."""

@@ -99,9 +99,12 @@ _REFUSED_MAGIC = (
 def bombs_refused():
     """Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error inside this block.
 
+    Pillow's UserWarnings about damaged metadata ("Corrupt EXIF data") are silenced here: such a file either
+    decodes or gets its one-line reason, and a raw warning on stderr would break that one line.
     Decoding workers enter it once per chunk of files: per file it would cost more than decoding a small PNG.
     """
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         yield
 

@@ -31,12 +31,17 @@ def check_writable(path: str | os.PathLike, *, force: bool) -> Path:
         raise OutputError(path, "is a directory, expected a file path")
     if path.exists() and not force:
         raise OutputError(path, "already exists; pass --force to replace it")
+    check_parent_writable(path)
+    return path
+
+
+def check_parent_writable(path: Path) -> None:
+    """The folder that will hold ``path`` exists and takes new entries."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise OutputError(path, f"directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(path, f"directory {parent} is not writable")
-    return path
 
 
 # The storage refused the bytes: nothing about the path itself is wrong.

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import _umask, atomic_file, check_writable
+from ..atomic import _umask, atomic_file, check_parent_writable, check_writable
 from ..errors import ClusterUnavailable, ImageError, OutputError
 from ..machine import usable_cpus
 from ..preprocess import PreprocessSpec, is_blank, to_model_pixels
@@ -437,11 +437,7 @@ def check_parquet_output(path, *, force: bool) -> Path:
     path = Path(path)
     if os.path.lexists(path) and not force:
         raise OutputError(path, "already exists; pass --force to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(path, f"directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(path, f"directory {parent} is not writable")
+    check_parent_writable(path)
     return path
 
 

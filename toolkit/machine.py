@@ -58,6 +58,27 @@ def available_memory() -> int | None:
     return available
 
 
+def nvidia_driver_missing() -> str | None:
+    """Why this machine has no NVIDIA driver, or None when it has one.
+
+    Asking ONNX Runtime for CUDA loads ~250 MB of CUDA and cuDNN libraries even where no driver
+    exists (see GUIDE), so this is checked first: the kernel driver's /proc entry, else whether the
+    driver's user-space library loads. ``libcuda.so.1`` belongs to the driver (never to a CUDA
+    toolkit or a pip wheel), and loading it loads no CUDA runtime library.
+    """
+    if os.path.exists("/proc/driver/nvidia"):
+        return None
+    import ctypes
+
+    library = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        ctypes.CDLL(library)
+    except OSError as e:
+        detail = str(e).strip().removeprefix(f"{library}: ") or type(e).__name__
+        return f"no NVIDIA driver on this machine ({library} cannot be loaded: {detail}; no /proc/driver/nvidia)"
+    return None
+
+
 def cpu_info() -> dict:
     blocks = _cpuinfo_blocks()
     try:

@@ -2,8 +2,9 @@
 
 Provider rules (see GUIDE): ``get_available_providers()`` lists CUDA even on a
 machine without a GPU, and a session asked for CUDA silently falls back to CPU.
-So CUDA is attempted after ``onnxruntime.preload_dlls()`` and judged only by
-``session.get_providers()``. ORT's own (coloured) log lines are captured and
+So CUDA is attempted only where an NVIDIA driver exists (toolkit.machine.nvidia_driver_missing:
+without one, loading the CUDA libraries costs ~250 MB for nothing), after ``onnxruntime.preload_dlls()``,
+and judged only by ``session.get_providers()``. ORT's own (coloured) log lines are captured and
 condensed into one plain sentence.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 from .contract import ModelContract, has_contract
 from .errors import ModelError, NonFiniteOutput, ProviderUnavailable
 from .flags import PreprocessFlags, check_agreement, contract_from_flags
+from .machine import nvidia_driver_missing
 
 PROVIDERS = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
@@ -90,6 +92,9 @@ def cuda_session(path: Path, opts, cuda_options: dict | None = None):
     ort = import_ort()
     if CUDA not in ort.get_available_providers():
         return None, "this onnxruntime build has no CUDA execution provider (install onnxruntime-gpu)"
+    missing = nvidia_driver_missing()
+    if missing:  # before any CUDA library is loaded: without a driver none of them can work
+        return None, "CUDA provider could not be loaded: " + missing
     with captured_stderr() as lines:
         if hasattr(ort, "preload_dlls"):
             try:

@@ -76,6 +76,9 @@ class PreprocessSpec:
                 raise ValueError(f"{len(value)} {name} values for {self.channels} channel(s)")
         if 0 in self.stds or self.pixel_scale == 0:
             raise ValueError("std and pixel_scale must be non-zero")
+        problem = value_problem(self.pixel_scale, self.means, self.stds)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def stds(self) -> tuple[float, ...]:
@@ -141,6 +144,36 @@ class PreprocessSpec:
 
 
 MNIST = PreprocessSpec()
+
+# Model inputs must be numbers a half-precision network can still tell apart: the fp16 variant casts its
+# float32 input to float16, and no network is trained on inputs beyond float16's range or finer than its steps.
+INPUT_LIMIT = float(np.finfo(np.float16).max)  # 65504
+
+
+def value_problem(scale: float, means: tuple[float, ...], stds: tuple[float, ...]) -> str | None:
+    """Why ``(p / scale - mean) / std`` in float32 is not a usable input for pixels 0..255, or None.
+
+    The 256 values of each channel must be finite, within +-65504 and all different once rounded to
+    float16. A negative std is refused: it negates the input, which --polarity (the other one) with mean
+    255/scale - mean and std |std| says in positive terms.
+    """
+    if any(s < 0 for s in stds):
+        return ("a negative std negates every input; describe that as the other --polarity with "
+                "--mean 255/scale - mean and a positive --std")
+    values = (np.arange(256, dtype=np.float32)[:, None] / np.float32(scale) - np.asarray(means, np.float32))
+    with np.errstate(all="ignore"):  # overflow and division by zero are exactly what is being detected
+        values = values / np.asarray(stds, np.float32)
+        rounded = values.astype(np.float16)
+    if not np.isfinite(values).all():
+        return "pixel values 0..255 become infinite or NaN in float32"
+    if float(np.abs(values).max()) > INPUT_LIMIT:
+        return f"pixel values 0..255 become as large as {float(np.abs(values).max()):.3g} (beyond +-65504)"
+    for c in range(rounded.shape[1]):
+        if len(np.unique(rounded[:, c])) < 256:
+            where = f" in channel {c}" if rounded.shape[1] > 1 else ""
+            return (f"pixel values 0..255 become {float(values[0, c]):.6g}..{float(values[255, c]):.6g}{where}, too "
+                    "close together to tell apart (distinct pixels give equal inputs in float16)")
+    return None
 
 # Gray levels below this (3% of full scale) above the background are not ink.
 INK_MIN = 8

@@ -72,7 +72,10 @@ def preprocess_options(command):
     def wrapper(*args, labels, mean, std, scale, polarity, **kwargs):
         from toolkit.flags import PreprocessFlags
 
-        flags = PreprocessFlags.parse(labels=labels, mean=mean, std=std, scale=scale, polarity=polarity)
+        try:  # each option passed alone; what is left is how --scale, --mean and --std combine
+            flags = PreprocessFlags.parse(labels=labels, mean=mean, std=std, scale=scale, polarity=polarity)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
         return command(*args, flags=flags, **kwargs)
 
     options = [

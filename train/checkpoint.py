@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickletools
 import platform
-import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -89,30 +88,79 @@ def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: di
         tmp.write_bytes(buffer.getbuffer())
 
 
+# Modules whose globals torch.save itself writes into a checkpoint of tensors and plain data.
+DATA_MODULES = ("torch", "collections")
+
+
 def _load_failure(path: Path, error: Exception) -> str:
-    """Why torch.load refused a file that looks like a checkpoint; code-execution is said only when it is true."""
-    message = str(error)
-    if "Unsupported global" in message:  # torch's weights-only unpickler names what it refused
-        found = re.search(r"GLOBAL (\S+)", message)
-        return _refused([found.group(1)] if found else [])
+    """Why torch.load refused a file that looks like a checkpoint; code-execution is said only when it is true.
+
+    Classified by the exception's type and by what the pickle references, read from its opcodes (nothing
+    runs), never by torch's message, whose wording changes between releases ("Unsupported global" in one,
+    "unsupported GLOBAL posix.system whose module posix is blocked" in another).
+    """
     if isinstance(error, EOFError):
         return "truncated file (ended in the middle of the data)"
-    if zipfile.is_zipfile(path):
+    archive = zipfile.is_zipfile(path)
+    if archive:
+        import torch
+
+        try:  # torch's public static check: the globals of the archive's pickle that weights_only refuses
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # it reads protocol 2 only (torch.save's); the opcodes below read every protocol
+            unsafe = None
+        if unsafe is not None:  # it could read the pickle: what it names is what weights_only refused
+            return _refused(unsafe) if unsafe else f"damaged or truncated checkpoint archive ({type(error).__name__})"
+    names = pickle_globals(_archive_pickle(path) if archive else path.read_bytes())
+    if names is None:
+        return (f"damaged or truncated checkpoint archive ({type(error).__name__})" if archive
+                else "damaged or truncated pickle")
+    foreign = [n for n in names if n.split(".")[0] not in DATA_MODULES] if archive else names
+    if foreign:
+        return _refused(foreign)
+    if archive:
         return f"damaged or truncated checkpoint archive ({type(error).__name__})"
-    # A bare pickle (not torch.save's layout): read its opcodes, never run them, to say what it holds.
-    names, strings = [], []
+    return "a pickle of plain Python data, not a PyTorch checkpoint"
+
+
+def _archive_pickle(path: Path) -> bytes:
+    """The pickle of a torch.save archive (``<name>/data.pkl``); empty when there is none or it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            for op, arg, _ in pickletools.genops(f):
-                if op.name in ("GLOBAL", "INST"):
-                    names.append(arg.replace(" ", "."))
-                elif op.name == "STACK_GLOBAL":
-                    names.append(".".join(strings[-2:]))
-                elif isinstance(arg, str):
-                    strings.append(arg)
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
+            return z.read(name) if name else b""
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError):  # a damaged member (CRC, bad compression)
+        return b""
+
+
+def pickle_globals(data: bytes) -> list[str] | None:
+    """The module.name of every global a pickle references, read from its opcodes without running any; None when
+    the stream is damaged or cut. STACK_GLOBAL takes its two names from strings pushed directly or through the
+    memo (any protocol)."""
+    names: list[str] = []
+    stack: list = []  # recently pushed values that may be names (strings), None for anything else
+    memo: dict = {}
+    if not data:
+        return None
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                names.append(arg.replace(" ", "."))
+                stack.append(None)
+            elif op.name == "STACK_GLOBAL":
+                names.append(".".join(str(v) for v in stack[-2:]))
+                stack[-2:] = [None]
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else None
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1] if stack else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg))
+            else:
+                stack.append(arg if isinstance(arg, str) else None)
     except Exception:  # pickletools raises ValueError and friends on a cut or corrupt stream
-        return "damaged or truncated pickle"
-    return _refused(names) if names else "a pickle of plain Python data, not a PyTorch checkpoint"
+        return None
+    return list(dict.fromkeys(names))
 
 
 def _refused(names: list[str]) -> str:

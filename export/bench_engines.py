@@ -11,9 +11,10 @@ import importlib.util
 
 import numpy as np
 
-from toolkit.bench.engine import Case, Engine, EngineUnavailable, Instance
+from toolkit.bench.engine import Case, Engine, Instance
 from toolkit.bench.peak import SHAPES, Peak, peak_of, shape_rate
-from toolkit.errors import ProviderUnavailable
+from toolkit.errors import EngineUnavailable, ProviderUnavailable
+from toolkit.runtime import captured_stderr
 
 
 def import_torch():
@@ -86,10 +87,8 @@ class ExecuTorchInstance(Instance):
         self.torch, self.method, self.max_batch = torch, method, MAX_BATCH
 
     def cases(self, x: np.ndarray) -> list[Case]:
-        from .executorch_export import quiet_stderr
-
         torch, method = self.torch, self.method
-        with quiet_stderr():  # the first call of each new shape logs CPU probing lines on fd 2
+        with captured_stderr():  # the first call of each new shape logs CPU probing lines on fd 2
             method.execute([torch.from_numpy(x)])
         return [Case("e2e", lambda: method.execute([torch.from_numpy(x)])[0].numpy())]
 
@@ -176,12 +175,11 @@ class ExecuTorchEngine(Engine):
                 if importlib.util.find_spec("executorch") is None else None)
 
     def prepare(self) -> None:
-        from .executorch_export import quiet_stderr
         from .quiet import quiet_torch
 
         import_torch()
         try:
-            with quiet_torch(), quiet_stderr():  # an ExperimentalWarning and C++ log lines at import
+            with quiet_torch(), captured_stderr():  # an ExperimentalWarning and C++ log lines at import
                 import executorch.runtime  # noqa: F401  (its import is slow: not billed as session creation)
         except Exception as e:
             raise EngineUnavailable(f"executorch cannot be imported ({type(e).__name__}: {e})") from None

@@ -11,7 +11,6 @@ free-form metadata); it stays in the ONNX/TorchScript files and the export repor
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -19,29 +18,15 @@ import numpy as np
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
+# ExecuTorch's C++ runtime logs CPU probing lines straight to file descriptor 2: kept off the terminal.
+from toolkit.runtime import captured_stderr
+from toolkit.text import first_line
 
 from .quiet import quiet_torch
-from .torchscript_export import first_line
 
 EXPORTER = "executorch.exir.to_edge_transform_and_lower (XNNPACK)"
 MAX_BATCH = 1024  # the planned buffers hold this many images; the largest batch toolkit bench times by default
 INSTALL = "pip install 'toolkit[executorch]'"
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """ExecuTorch's C++ runtime logs CPU probing lines straight to file descriptor 2; keep them off the terminal."""
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def export_executorch(model, path: str | os.PathLike, contract: ModelContract) -> ModelContract:
@@ -49,7 +34,7 @@ def export_executorch(model, path: str | os.PathLike, contract: ModelContract) -
     import torch
 
     try:
-        with quiet_torch(), quiet_stderr():
+        with quiet_torch(), captured_stderr():
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
 
@@ -68,7 +53,7 @@ def export_executorch(model, path: str | os.PathLike, contract: ModelContract) -
 def load_executorch(path: str | os.PathLike):
     """The program's ``forward`` method, loaded by ExecuTorch's runtime; ModelError if it will not load."""
     try:
-        with quiet_torch(), quiet_stderr():
+        with quiet_torch(), captured_stderr():
             from executorch.runtime import Runtime
 
             return Runtime.get().load_program(Path(path)).load_method("forward")
@@ -86,7 +71,7 @@ def executorch_runner(path: str | os.PathLike):
 
     def run(x: np.ndarray) -> np.ndarray:
         outs = []
-        with quiet_stderr():  # a refused input is logged by the runtime before it raises
+        with captured_stderr():  # a refused input is logged by the runtime before it raises
             for start in range(0, len(x), MAX_BATCH):
                 outs.append(method.execute([torch.from_numpy(x[start:start + MAX_BATCH])])[0].detach().numpy())
         return np.concatenate(outs) if len(outs) > 1 else outs[0]

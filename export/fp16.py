@@ -14,6 +14,7 @@ import os
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
+from toolkit.text import first_line
 
 from .onnx_export import embed_contract, graph_opset
 
@@ -39,8 +40,7 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, float_contract:
             warnings.simplefilter("ignore")
             converted = float16.convert_float_to_float16(model, keep_io_types=True)
     except Exception as e:  # the converter raises plain exceptions for graphs it cannot handle
-        text = str(e).strip().splitlines()
-        raise ModelError(dst, f"float16 conversion failed: {(text or [type(e).__name__])[0][:200]}") from None
+        raise ModelError(dst, f"float16 conversion failed: {first_line(e)}") from None
     onnx.save(converted, str(dst))
     contract = dataclasses.replace(
         float_contract, precision="float16", opset=graph_opset(dst),

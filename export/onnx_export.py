@@ -7,6 +7,7 @@ import os
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
+from toolkit.text import first_line
 
 from .defaults import DEFAULT_ONNX_EXPORTER, DEFAULT_OPSET
 from .pt2_export import batch_dim
@@ -45,8 +46,7 @@ def export_onnx(model, path: str | os.PathLike, contract: ModelContract, opset: 
     except ValueError:
         raise
     except Exception as e:  # e.g. an opset this torch cannot target
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelError(path, f"{EXPORTERS[exporter]} failed at opset {opset}: {first[:200]}") from None
+        raise ModelError(path, f"{EXPORTERS[exporter]} failed at opset {opset}: {first_line(e)}") from None
     written = graph_opset(path)
     if written != opset:  # the dynamo exporter keeps its own opset when the down-conversion fails
         raise ModelError(path, f"{EXPORTERS[exporter]} wrote opset {written}, not the opset {opset} asked for; "

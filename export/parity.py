@@ -22,7 +22,9 @@ import numpy as np
 from toolkit.errors import ModelError
 from toolkit.preprocess import PreprocessSpec
 
-from .torchscript_export import first_line, load_torchscript
+from toolkit.text import first_line
+
+from .torchscript_export import load_torchscript
 
 RANDOM_BATCHES = (1, 2, 7, 64)
 RANDOM_SEED = 0

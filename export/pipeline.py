@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.atomic import atomic_path, check_writable, file_sha256, prepare_folder, removed_on_failure, write_text
+from toolkit.atomic import atomic_path, check_writable, file_sha256, prepare_folder, removed_on_failure, write_json
 from toolkit.machine import cpu_info
 from toolkit.errors import CheckpointError, OutputError, ValidationFailed
 from toolkit.train.checkpoint import versions
@@ -161,7 +161,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
             report.notes.append(f"{stale} is from an earlier export and was left as it is (no --int8 this time)")
         report.timings["total_s"] = time.perf_counter() - started
         report.report_file = str(paths["report"])
-        write_text(paths["report"], report.to_json(), replace=force)
+        write_json(paths["report"], report.to_dict(), replace=force)
         return report
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
+from toolkit.text import first_line
 
 from .quiet import quiet_torch
-from .torchscript_export import first_line
 
 EXTRA_FILE = "toolkit_contract.json"
 EXPORTER = "torch.export.export"

@@ -26,6 +26,7 @@ import numpy as np
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
+from toolkit.text import first_line
 
 from .onnx_export import embed_contract, graph_opset
 
@@ -56,8 +57,7 @@ def _quantize(dst, quantize) -> None:
     try:
         quantize()
     except Exception as e:  # the quantizer raises plain exceptions for graphs it cannot handle
-        text = str(e).strip().splitlines()
-        raise ModelError(dst, f"ONNX Runtime quantization failed: {(text or [type(e).__name__])[0][:200]}") from None
+        raise ModelError(dst, f"ONNX Runtime quantization failed: {first_line(e)}") from None
     finally:
         logging.disable(logging.NOTSET)
 

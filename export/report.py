@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 
 from .parity import Comparison
@@ -70,19 +68,8 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
     report_file: str | None = None
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self, dict_factory=_finite_dict), indent=2) + "\n"
-
-
-def _finite_dict(pairs) -> dict:
-    """JSON has no inf/nan: a non-finite difference is written as the string numpy would print."""
-
-    def finite(v):
-        if isinstance(v, dict):
-            return {k: finite(x) for k, x in v.items()}
-        return str(v) if isinstance(v, float) and not math.isfinite(v) else v
-
-    return {k: finite(v) for k, v in pairs}
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def _pct(v) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
+from toolkit.text import first_line
 
 EXTRA_FILE = "toolkit_contract.json"
 EXPORTER = "torch.jit.script"
@@ -57,9 +58,3 @@ def load_torchscript(path: str | os.PathLike):
         raise ModelError(path, f"torch.jit.load cannot load it ({first_line(e)})") from None
     raw = extra[EXTRA_FILE]
     return module.eval(), (json.loads(raw) if raw else None)
-
-
-def first_line(e: Exception) -> str:
-    """An exception's first line, at most 200 characters: enough to name the problem in one line."""
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]

@@ -20,9 +20,9 @@ from typing import ClassVar
 from toolkit.atomic import file_sha256
 from toolkit.errors import CheckpointError, UserModuleError
 from toolkit.flags import InputFacts, PreprocessFlags, preprocess_from_flags
+from toolkit.text import first_line
 from toolkit.train.checkpoint import LoadedCheckpoint, check_finite, read_weights_only, state_dict_problems
 
-from .torchscript_export import first_line
 
 MIN_SIDE, MAX_SIDE = 8, 1024  # below 8 px no digit survives the 20-of-28 box; above 1024 a batch of 10,000 won't fit
 
@@ -156,7 +156,7 @@ def _output_kind(model, spec) -> str:
 def load_module(text: str, weights: str | os.PathLike, input_shape: tuple[int, int, int],
                 flags: PreprocessFlags | None, search_path: str | os.PathLike | None = None):
     """(LoadedCheckpoint, model in eval mode) for the export pipeline, from the user's factory and weights."""
-    from toolkit.train.architectures import count_flops
+    from toolkit.train.flops import count_flops
 
     weights = Path(weights)
     if not weights.is_file():  # before running any of their code

@@ -61,7 +61,7 @@ def test_cli_names_every_registered_architecture_and_recipe():
 
 
 def test_flop_counter_matches_the_layers_by_hand():
-    from toolkit.train.architectures import count_flops
+    from toolkit.train.flops import count_flops
     from toolkit.train.cnn import CNNConfig, LeNetCNN
     from toolkit.train.model import MLPConfig, SimpleNN
 

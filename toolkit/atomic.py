@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -142,6 +144,20 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = False) 
 
 def write_text(path: str | os.PathLike, text: str, *, replace: bool = False) -> None:
     write_bytes(path, text.encode("utf-8"), replace=replace)
+
+
+def write_json(path: str | os.PathLike, data, *, replace: bool = False) -> None:
+    """Every JSON file the toolkit writes (reports, metrics): indented, and strict JSON, which has no NaN or
+    Infinity: a non-finite float is written as the string Python prints for it ("nan", "inf")."""
+    write_text(path, json.dumps(_finite(data), indent=2) + "\n", replace=replace)
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def prepare_folder(folder: Path) -> Path | None:

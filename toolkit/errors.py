@@ -101,6 +101,23 @@ class ClusterUnavailable(ToolkitError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class EngineUnavailable(ToolkitError):
+    """A bench engine's library (torch, executorch, openvino; matplotlib for plots) is not installed or cannot be
+    imported."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class BatchTooLarge(ToolkitError):
+    """A bench batch size whose arrays cannot fit in the memory this machine has free."""
+
+    exit_code = EXIT_USAGE
+
+
+class TrainingDiverged(ToolkitError):
+    """The loss or the weights became NaN/Inf (e.g. a learning rate far too high): exit 1, nothing is written."""
+
+
 class DisplayUnavailable(ToolkitError):
     """No display is available for the drawing pad."""
 

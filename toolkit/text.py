@@ -29,3 +29,10 @@ def _escape(match: re.Match) -> str:
 def printable(text) -> str:
     """``text`` (anything str() accepts) with every control/bidi/undecodable character escaped."""
     return _UNSAFE.sub(_escape, str(text))
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line, at most ``limit`` characters (its type's name when it has no text): enough to
+    name the problem in one line, without a C++ backtrace or a library's multi-line dump."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]

@@ -52,7 +52,7 @@ class CNNConfig:
         return self.height >> n, self.width >> n
 
     def flops_per_image(self) -> int:
-        from .architectures import count_flops
+        from .flops import count_flops
 
         return count_flops(LeNetCNN(self), (self.in_channels, self.height, self.width))
 

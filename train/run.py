@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from toolkit.atomic import atomic_path, check_writable, prepare_folder, removed_on_failure, write_text
+from toolkit.atomic import atomic_path, check_writable, prepare_folder, removed_on_failure, write_json
 
 from . import figures
 from .checkpoint import DEFAULT_CLASSES, save_checkpoint
@@ -82,8 +81,8 @@ def _train_into(paths, arch, recipe_name, epochs, batch_size, lr, seed, device, 
     }
     recipe_dict = asdict(recipe)
     save_checkpoint(paths["checkpoint"], model=result.model, recipe=recipe_dict, metrics=metrics, replace=force)
-    write_text(paths["metrics"], json.dumps({"recipe": recipe_dict, "metrics": metrics,
-                                             "confusion_matrix": cm.tolist()}, indent=2) + "\n", replace=force)
+    write_json(paths["metrics"], {"recipe": recipe_dict, "metrics": metrics, "confusion_matrix": cm.tolist()},
+               replace=force)
     with atomic_path(paths["samples"], replace=force) as tmp:
         figures.sample_grid(tmp, data.train_images[:16], data.train_labels[:16], DEFAULT_CLASSES)
     with atomic_path(paths["confusion"], replace=force) as tmp:

@@ -13,14 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import TrainingDiverged
 from toolkit.preprocess import MNIST, PreprocessSpec
 
 from .recipes import Recipe
-
-
-class TrainingDiverged(ToolkitError):
-    """The loss or the weights became NaN/Inf (e.g. a learning rate far too high): exit 1, nothing is written."""
 
 
 @dataclass

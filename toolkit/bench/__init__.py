@@ -6,7 +6,8 @@ the CLI passes them to ``run_bench``. See docs/bench.md and docs/bench-schema.md
 """
 
 from .document import SCHEMA_VERSION, BenchReport
-from .engine import Case, Engine, EngineUnavailable, Instance
+from ..errors import EngineUnavailable
+from .engine import Case, Engine, Instance
 from .ort_engines import ORT_ENGINES
 from .runner import DEFAULT_BATCH_SIZES, DEFAULT_DURATION, BenchSettings, run_bench
 

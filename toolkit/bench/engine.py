@@ -16,14 +16,6 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import EXIT_UNAVAILABLE, ToolkitError
-
-
-class EngineUnavailable(ToolkitError):
-    """An engine's library (torch, matplotlib for plots) is not installed or cannot be imported."""
-
-    exit_code = EXIT_UNAVAILABLE
-
 
 @dataclass
 class Case:

@@ -11,7 +11,8 @@ import importlib.util
 
 import numpy as np
 
-from .engine import Case, Engine, EngineUnavailable, Instance
+from ..errors import EngineUnavailable
+from .engine import Case, Engine, Instance
 
 INSTALL = "pip install openvino"
 

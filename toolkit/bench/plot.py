@@ -6,7 +6,7 @@ import importlib.util
 
 from ..atomic import atomic_path
 from .document import BenchReport
-from .engine import EngineUnavailable
+from ..errors import EngineUnavailable
 
 PLOTTED_MODES = ("e2e", "device", "cuda-graph")  # copies alone are not model speed
 

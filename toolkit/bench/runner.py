@@ -14,23 +14,17 @@ import numpy as np
 
 from .. import __version__, runtime
 from ..atomic import file_sha256
-from ..errors import EXIT_USAGE, ModelError, ProviderUnavailable, ToolkitError
+from ..errors import BatchTooLarge, EngineUnavailable, ModelError, ProviderUnavailable
 from ..machine import available_memory, environment, gpu_info, physical_cores
 from ..timing import measure, summarize
 from .document import BenchReport, EngineRun, ModelInfo, ResultRow, RunSettings, Skipped, roofline
-from .engine import Engine, EngineUnavailable
+from .engine import Engine
 from .ort_engines import OrtEngine
 from .peak import Peak, cpu_peak
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 DEFAULT_DURATION = 0.5
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "all")
-
-
-class BatchTooLarge(ToolkitError):
-    """A batch size whose arrays cannot fit in the memory this machine has free."""
-
-    exit_code = EXIT_USAGE
 
 
 @dataclass

@@ -2,19 +2,17 @@ import shlex
 
 import click
 
-from .options import FiniteFloat, data_dir_option, force_option, model_option, preprocess_options, provider_option
+from .options import CommaList, FiniteFloat, data_dir_option, force_option, model_option, preprocess_options, provider_option
 
 
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
+def _batch_size(text: str) -> int:
     try:
-        items = [int(v) for v in value.split(",") if v.strip()]
+        size = int(text)
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not items or min(items) < 1:
-        raise click.BadParameter("batch sizes must be integers >= 1")
-    return tuple(dict.fromkeys(items))
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if size < 1:
+        raise ValueError("batch sizes must be integers >= 1")
+    return size
 
 
 NOT_RECORDED = {"json_path", "plot_path", "markdown_path", "progress", "force", "data_dir"}  # where output goes, not what was measured
@@ -30,15 +28,6 @@ def _as_command(ctx: click.Context) -> str:
         args += [param.opts[0]] if value is True else [param.opts[0], ",".join(map(str, value))
                                                         if isinstance(value, tuple) else str(value)]
     return shlex.join(args)
-
-
-def _name_list(ctx, param, value):
-    if value is None:
-        return None
-    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    if not names:
-        raise click.BadParameter("name at least one engine")
-    return names
 
 
 def _refuse_shared_paths(model, json_path, plot_path, markdown_path=None) -> None:
@@ -59,19 +48,19 @@ def _refuse_shared_paths(model, json_path, plot_path, markdown_path=None) -> Non
 @click.command("bench")
 @model_option
 @provider_option(choices=("auto", "cpu", "cuda", "all"), default="auto")
-@click.option("--engines", callback=_name_list, metavar="NAMES",
+@click.option("--engines", type=CommaList(what="engine(s)"), metavar="NAMES",
               help="Comma-separated engines: ort, ort-int8, ort-int8-static, ort-fp16, torchscript, pt2, "
                    "executorch, eager, openvino. Default: every one whose file (<stem>.onnx/.int8.onnx/"
                    ".int8-static.onnx/.fp16.onnx/.pt/.pt2/.pte/.pth beside --model) and library are present; the "
                    "others are listed as skipped.")
-@click.option("--formats", "formats", callback=_name_list, metavar="all|NAMES",
+@click.option("--formats", "formats", type=CommaList(what="engine(s)"), metavar="all|NAMES",
               help="One table comparing the exported formats: per engine (all: every one available, or the "
                    "names as for --engines) its file, size, accuracy on the 10,000 MNIST test images through its "
                    "own runtime, max |logit difference| from eager, batch-1 p50 and batch-1024 images/s, and "
                    "ratios to eager. Needs <stem>.pth beside --model; batch sizes default to 1,1024.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
               help="With --formats: write the table as a markdown page (with --plot: its bar chart beside it).")
-@click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, callback=_int_list,
+@click.option("--batch-sizes", default="1,8,64,256,1024", show_default=True, type=CommaList(_batch_size),
               help="Comma-separated batch sizes.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed runs per case after the first run.")
@@ -106,9 +95,7 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
     the device (mode "device") and the host<->device copies are timed apart
     ("h2d", "d2h"; "e2e" includes them).
     """
-    import json
-
-    from toolkit.atomic import check_writable, write_text
+    from toolkit.atomic import check_writable, write_json
     from toolkit.bench import ORT_ENGINES, BenchSettings, run_bench
     from toolkit.bench.peak import cpu_peak
     from toolkit.bench.plot import require_matplotlib, write_plot
@@ -156,7 +143,7 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
     report = run_bench(settings, default, {"cpu": cpu_peak, "cuda": cuda_peak}, progress=progress)
     click.echo(render(report))
     if json_path:
-        write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n", replace=force)
+        write_json(json_path, report.to_dict(), replace=force)
         click.echo(printable(f"wrote {json_path}"))
     if plot_path:
         write_plot(report, plot_path, replace=force)
@@ -165,9 +152,7 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
 
 def _formats_table(settings, known, formats, data_dir, json_path, plot_path, markdown_path, progress, force) -> None:
     """`--formats`: time every engine, then run each on the MNIST test set for accuracy, one table."""
-    import json
-
-    from toolkit.atomic import write_text
+    from toolkit.atomic import write_json, write_text
     from toolkit.bench import run_bench
     from toolkit.bench.formats import REFERENCE, accuracy_pass, build_table, render_markdown, render_text, write_plot
     from toolkit.bench.peak import cpu_peak
@@ -189,8 +174,7 @@ def _formats_table(settings, known, formats, data_dir, json_path, plot_path, mar
     table = build_table(report, outputs, data.test_labels)
     click.echo(render_text(table))
     if json_path:
-        write_text(json_path, json.dumps({"formats": table.to_dict(), "bench": report.to_dict()}, indent=2) + "\n",
-                   replace=force)
+        write_json(json_path, {"formats": table.to_dict(), "bench": report.to_dict()}, replace=force)
         click.echo(printable(f"wrote {json_path}"))
     if markdown_path:
         write_text(markdown_path, render_markdown(table), replace=force)

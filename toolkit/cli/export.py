@@ -4,18 +4,9 @@ from toolkit.export.defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8
                                      DEFAULT_OPSET, DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS, VARIANTS,
                                      missing_requirement)
 
-from .options import FiniteFloat, data_dir_option, force_option, preprocess_options
+from .options import CommaList, FiniteFloat, data_dir_option, force_option, preprocess_options
 
 NAMES = (*FORMATS, *VARIANTS, "all")  # int8 is the --int8 variant, named like a format
-
-
-def _formats(ctx, param, value: str) -> tuple[str, ...]:
-    names = [v.strip().lower() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in NAMES]
-    if unknown or not names:
-        raise click.BadParameter(f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(NAMES)} "
-                                 f"(comma-separated)")
-    return tuple(dict.fromkeys(names))
 
 
 def _module_spec(ctx, param, value):
@@ -58,7 +49,8 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list
 @click.argument("checkpoint", type=click.Path(dir_okay=False), required=False)
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Where to write the files (created if missing). Default: beside the checkpoint.")
-@click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, callback=_formats,
+@click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True,
+              type=CommaList(str.lower, what="format(s)", choices=NAMES),
               help="Comma-separated: torchscript (<stem>.pt), onnx (<stem>.onnx), pt2 (<stem>.pt2, a torch.export "
                    "program), executorch (<stem>.pte, XNNPACK; needs the executorch extra), int8 (same as --int8), "
                    "int8-static (<stem>.int8-static.onnx, QDQ calibrated on training images), fp16 "

@@ -23,6 +23,31 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+class CommaList(click.ParamType):
+    """Every comma-separated option's type (--formats, --engines, --batch-sizes): items stripped, empty ones and
+    repeats dropped (the first kept, order kept), each made by ``item`` (its ValueError's text is the message)
+    and, with ``choices``, one of them; at least one. The value is a tuple."""
+
+    name = "list"
+
+    def __init__(self, item=str, what: str = "names", choices=None):
+        self.item, self.what, self.choices = item, what, choices
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            items = tuple(dict.fromkeys(self.item(v.strip()) for v in value.split(",") if v.strip()))
+        except ValueError as e:
+            self.fail(str(e) or f"expected comma-separated {self.what}, got {value!r}", param, ctx)
+        unknown = [i for i in items if self.choices is not None and i not in self.choices]
+        if unknown or not items:
+            named = f"unknown {self.what} {', '.join(unknown)}" if unknown else f"name at least one of the {self.what}"
+            self.fail(named + (f"; choose from {', '.join(self.choices)} (comma-separated)" if self.choices else ""),
+                      param, ctx)
+        return items
+
+
 force_option = click.option("--force", is_flag=True,
                             help="Replace existing output files. Without it, existing outputs are never overwritten.")
 

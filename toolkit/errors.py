@@ -22,8 +22,8 @@ EXIT_CODES = (
     (EXIT_USAGE, "usage error (bad option or argument)"),
     (EXIT_PARTIAL, "finished, but some input files were skipped (predict)"),
     (EXIT_GATE, "a validation gate failed (export parity, INT8 accuracy)"),
-    (EXIT_UNAVAILABLE, "requested environment unavailable (CUDA provider, display, the train or cluster extra not "
-                       "installed, a Ray cluster that cannot be joined)"),
+    (EXIT_UNAVAILABLE, "requested environment unavailable (CUDA provider, display, the train, cluster or serve extra "
+                       "not installed, a Ray cluster that cannot be joined)"),
     (EXIT_INTERRUPTED, "interrupted; files already completed are kept intact"),
 )
 
@@ -104,6 +104,12 @@ class ClusterUnavailable(ToolkitError):
 class EngineUnavailable(ToolkitError):
     """A bench engine's library (torch, executorch, openvino; matplotlib for plots) is not installed or cannot be
     imported."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class ServeUnavailable(ToolkitError):
+    """`toolkit serve` needs the serve extra (uvicorn, grpcio, orjson, prometheus_client), not installed here."""
 
     exit_code = EXIT_UNAVAILABLE
 

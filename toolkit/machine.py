@@ -33,6 +33,20 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_budget() -> int:
+    """CPUs this process may keep busy: its affinity mask, capped by a cgroup v2 CPU quota (a container's
+    ``--cpus``), which the affinity mask does not show. Threads beyond it only wait for each other."""
+    cpus = usable_cpus()
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, -(-int(quota) // int(period))))
+
+
 def available_memory() -> int | None:
     """Bytes this process could still allocate without swapping: MemAvailable, capped by a cgroup v2 limit."""
     available = None

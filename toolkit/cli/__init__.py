@@ -58,9 +58,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import bench, draw, export, inspect, predict, train
+    from . import bench, draw, export, inspect, predict, serve, train
 
-    for module in (train, export, inspect, predict, bench, draw):
+    for module in (train, export, inspect, predict, bench, draw, serve):
         cli.add_command(module.command)
 
 

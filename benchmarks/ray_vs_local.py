@@ -28,20 +28,18 @@ RUN = r"""
 import json, sys, time
 started = time.perf_counter()
 from toolkit.predict import Reporter, predict_paths
-from toolkit.predict.ray_engine import predict_paths_ray
 engine, images, model, out = sys.argv[1:5]
 marks = []
 class Marks(Reporter):
     def advance(self, n):
         marks.append((time.perf_counter(), n))
-run = predict_paths_ray if engine == "ray" else predict_paths
 called = time.perf_counter()
-summary = run([images], model=model, provider="cpu", output=out, reporter=Marks())
+summary = predict_paths([images], engine=engine, model=model, provider="cpu", output=out, reporter=Marks())
 # Rows after the first rows arrived, over the time they took: the pipeline's steady rate.
 first = next(k for k, (t, n) in enumerate(marks) if n)
 steady = sum(n for t, n in marks[first + 1:]) / (marks[-1][0] - marks[first][0])
 print(json.dumps({"images": summary.images, "seconds": summary.seconds,
-                  "startup": getattr(summary, "startup_seconds", 0.0), "first_rows": marks[first][0] - called,
+                  "startup": summary.startup_seconds, "first_rows": marks[first][0] - called,
                   "steady": steady, "process": time.perf_counter() - started}))
 """
 

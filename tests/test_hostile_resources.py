@@ -33,7 +33,8 @@ from toolkit.cli import cli
 from toolkit.machine import available_memory, usable_cpus
 from toolkit.predict import predict_paths
 from toolkit.predict.decode import DECODE_BUDGET, REDUCE_ABOVE, read_gray, to_gray
-from toolkit.predict.pipeline import WORKERS_PER_CPU, Reporter
+from toolkit.predict import Reporter
+from toolkit.predict.local import WORKERS_PER_CPU
 from toolkit.preprocess import INK_MIN, is_blank, to_model_pixels
 from toolkit.runtime import Predictor
 

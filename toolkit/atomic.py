@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -67,17 +68,7 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = False) -> Iterator[P
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp creates 0600; give the result the permissions a plain open() would.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        if replace:
-            os.replace(tmp_path, path)
-        elif not _link_no_clobber(tmp_path, path):
-            kept = _keep_aside(tmp_path, path)
-            raise OutputError(path, "appeared while this run was writing it and was left untouched; "
-                                    + (f"the results are in {kept} instead" if kept else
-                                       f"the results are in {tmp_path} instead"))
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        publish(tmp_path, path, replace=replace)
     except BaseException as e:
         with contextlib.suppress(OSError):
             if not (isinstance(e, OutputError) and str(tmp_path) in str(e)):
@@ -86,6 +77,64 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = False) -> Iterator[P
             kept = "the existing file is kept" if path.exists() else "nothing was written"
             raise OutputError(path, f"could not be written: {e.strerror or e}; {kept}") from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """``atomic_path`` for a directory (e.g. a Parquet dataset): a hidden sibling that takes the name at the end.
+
+    Removed on any exception, and when the block removed it itself (work that keeps nothing partial).
+    """
+    path = Path(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent)
+                                    else "."))
+    except OSError as e:
+        raise OutputError(path, f"cannot write here ({e.strerror})") from None
+    try:
+        yield tmp
+        if tmp.exists():
+            publish(tmp, path, replace=replace)
+    except BaseException as e:
+        if not (isinstance(e, OutputError) and str(tmp) in str(e)):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish(tmp: Path, path: Path, *, replace: bool) -> None:
+    """Give the finished file or directory ``tmp`` the name ``path``, with a plain open()'s or mkdir's mode.
+
+    ``replace`` (--force): what is at ``path`` is replaced (a directory is moved aside first, so the new one is
+    never mixed with the old). Otherwise nothing at ``path`` is replaced, even what appeared while the work ran:
+    the result is then kept under the next free name and an OutputError says where.
+    """
+    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())  # mkstemp's 0600, mkdtemp's 0700
+    if replace:
+        if tmp.is_dir() and os.path.lexists(path):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=tmp.parent))
+            os.rename(path, old / "replaced")
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        return
+    if not _place(tmp, path):
+        kept = _keep_aside(tmp, path)
+        raise OutputError(path, "appeared while this run was writing it and was left untouched; the results are in "
+                                f"{kept or tmp} instead")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+def _place(src: Path, dst: Path) -> bool:
+    """Give ``src`` the name ``dst`` unless something has it: checked by the kernel for a file (a hard link); a
+    directory cannot be linked, so it is checked just before the rename."""
+    if src.is_dir():
+        if os.path.lexists(dst):
+            return False
+        os.rename(src, dst)
+        return True
+    return _link_no_clobber(src, dst)
 
 
 def _link_no_clobber(src: Path, dst: Path) -> bool:
@@ -110,8 +159,8 @@ def _keep_aside(tmp: Path, path: Path) -> Path | None:
     for n in range(1, 1000):
         candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
         with contextlib.suppress(FileExistsError):
-            if _link_no_clobber(tmp, candidate):
-                with contextlib.suppress(FileNotFoundError):
+            if _place(tmp, candidate):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     tmp.unlink()
                 return candidate
     return None

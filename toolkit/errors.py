@@ -136,3 +136,42 @@ class NonFiniteOutput(ModelError):
     def __init__(self, path: str | os.PathLike, rows: list[int]):
         self.rows = list(rows)
         super().__init__(path, f"the model's output is not finite (NaN or Inf) for {len(self.rows)} of the images")
+
+
+# ---------------------------------------------------------------- `toolkit predict`
+
+class NoImages(ToolkitError):
+    """None of the given paths holds an image file."""
+
+
+class WorkerDied(ToolkitError):
+    """A decoding worker process ended abnormally; the rows predicted before its chunk are kept (``summary``)."""
+
+    def __init__(self, message: str, start: int, summary=None):
+        super().__init__(message)
+        self.start, self.summary = start, summary
+
+
+class PredictInterrupted(KeyboardInterrupt):
+    """Ctrl-C/SIGTERM/SIGHUP stopped the run; ``summary`` (toolkit.predict.Summary) says what was done and kept."""
+
+    def __init__(self, summary):
+        super().__init__()
+        self.summary = summary
+
+    def __str__(self) -> str:
+        return interrupted_message(self.summary)
+
+
+def interrupted_message(summary) -> str:
+    """What an interrupted predict run says last: where its kept rows are, or that nothing was asked for or kept.
+
+    ``summary`` None: the run was stopped before it had any (start-up): nothing was written.
+    """
+    if summary is None:
+        return "interrupted"
+    if summary.output is not None:
+        return f"interrupted; {summary.rows_written} complete row(s) kept in {summary.output}"
+    if summary.discarded is not None:
+        return f"interrupted after {summary.images} image(s); {summary.discarded}"
+    return f"interrupted after {summary.images} image(s); no --output file was asked for"

@@ -17,6 +17,8 @@ from ..text import printable
 from .options import exit_codes_help
 
 # Packages of the `train` extra: an edge install (plain `pip install`) lacks them on purpose.
+# ctx.meta key: a command whose interruption keeps something says what, instead of the generic line below.
+INTERRUPTED_MESSAGE = "toolkit.interrupted_message"
 TRAIN_EXTRA_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}
 
 
@@ -38,7 +40,8 @@ class ToolkitGroup(click.Group):
             # First, before any Python code can run a handler: the command is ending, and one more Ctrl-C in
             # the interpreter's shutdown would print a traceback. (predict handles its own interrupts.)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            click.echo("toolkit: interrupted (no partially written file is left behind)", err=True)
+            said = ctx.meta.get(INTERRUPTED_MESSAGE, lambda: "interrupted (no partially written file is left behind)")
+            click.echo(f"toolkit: {printable(said())}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 
 

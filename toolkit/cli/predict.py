@@ -4,6 +4,7 @@ import signal
 import click
 
 from ..errors import EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE
+from . import INTERRUPTED_MESSAGE
 from .options import exit_codes_help, force_option, model_option, preprocess_options, provider_option
 
 EPILOG = """\b
@@ -122,8 +123,8 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     Runs on ONNX Runtime only (no torch). Decoding uses every CPU core,
     inference runs in batches, and --output rows are written as results come.
     """
-    from toolkit.errors import EXIT_INTERRUPTED
-    from toolkit.predict import PredictInterrupted, predict_paths
+    from toolkit.errors import interrupted_message
+    from toolkit.predict import predict_paths
     from toolkit.predict.terminal import TerminalReporter
     from toolkit.text import printable
 
@@ -138,24 +139,20 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     if engine == "ray" and workers is not None:
         raise click.UsageError("--workers sizes the local engine; with --engine ray the cluster's CPUs decode")
 
+    reporter = TerminalReporter()
+    # Whatever a late signal interrupts (this command's own ending included), the last line says where the kept
+    # rows are: it is made from what the run reported, not from the exception that happens to arrive.
+    ctx.meta[INTERRUPTED_MESSAGE] = lambda: interrupted_message(reporter.summary)
     try:
-        if engine == "ray":
-            from toolkit.predict.ray_engine import predict_paths_ray
-
-            summary = predict_paths_ray(paths, address=address, model=model, provider=provider,
-                                        batch_size=batch_size, top_k=top_k, output=output, confusion=confusion,
-                                        force=force, flags=flags, reporter=TerminalReporter())
-        else:
-            summary = predict_paths(paths, model=model, provider=provider, batch_size=batch_size, top_k=top_k,
-                                    output=output, confusion=confusion, force=force, workers=workers, flags=flags,
-                                    reporter=TerminalReporter())
-    except KeyboardInterrupt as e:  # PredictInterrupted, or one more signal that came while it was on its way
+        summary = predict_paths(paths, engine=engine, address=address, model=model, provider=provider,
+                                batch_size=batch_size, top_k=top_k, output=output, confusion=confusion, force=force,
+                                workers=workers, flags=flags, reporter=reporter)
+    except KeyboardInterrupt:  # PredictInterrupted, or one more signal that came while it was on its way
         # First, before any Python code can run a handler: the run is over and its rows are safe; more signals
         # have nothing left to stop, and one landing in the interpreter's shutdown would print a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         ignore_stop_signals()
-        stopped = next((x for x in (e, e.__context__) if isinstance(x, PredictInterrupted)), None)
-        click.echo(f"toolkit: {printable(stopped or 'interrupted')}", err=True)
+        click.echo(f"toolkit: {printable(interrupted_message(reporter.summary))}", err=True)
         ctx.exit(EXIT_INTERRUPTED)
     if summary.exit_code:
         ctx.exit(summary.exit_code)

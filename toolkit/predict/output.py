@@ -60,7 +60,7 @@ def csv_header(top_k: int) -> list[str]:
 
 
 def row_columns(paths: list[str], expected: list[str | None], probs: np.ndarray, top: np.ndarray,
-                blank: np.ndarray, classes: list[str], top_k: int) -> dict[str, list]:
+                blank: np.ndarray, classes: list[str]) -> dict[str, list]:
     """The CSV's columns with typed values, as JSONL has them (for Parquet): probabilities rounded to 6 places;
     a blank image's label, confidence and top-k are null; no folder label is a null ``expected``.
 
@@ -70,7 +70,7 @@ def row_columns(paths: list[str], expected: list[str | None], probs: np.ndarray,
     top_rows, prob_rows, blank_rows = top.tolist(), probs.tolist(), blank.tolist()
     cols: dict[str, list] = {"path": paths, "label": [], "confidence": [], "expected": list(expected),
                              "blank": [bool(b) for b in blank_rows]}
-    tops = [([], []) for _ in range(top_k)]
+    tops = [([], []) for _ in range(top.shape[1])]
     for best, p, empty in zip(top_rows, prob_rows, blank_rows):
         cols["label"].append(None if empty else classes[best[0]])
         cols["confidence"].append(None if empty else round(p[best[0]], 6))
@@ -88,13 +88,10 @@ def spreadsheet_safe(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
-    """Class indices by falling probability; ties go to the lower index, so output is deterministic."""
-    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
-
-
 class ResultWriter:
     """Rows into an open binary file (``toolkit.atomic.atomic_file``), flushed after every batch."""
+
+    keeps_partial = True  # an interrupted run keeps its whole rows (a prefix in input order)
 
     def __init__(self, file, fmt: str, classes: list[str], top_k: int):
         self.file, self.format, self.classes, self.top_k = file, fmt, list(classes), top_k

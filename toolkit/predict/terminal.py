@@ -15,7 +15,7 @@ import numpy as np
 
 from ..text import printable
 from .inputs import expected_label
-from .pipeline import Reporter, Summary
+from .results import Reporter, Summary
 
 TABLE_MAX = 20
 
@@ -29,6 +29,7 @@ class TerminalReporter(Reporter):
         self.classes: list[str] = []
         self.path_width = 4
         self.labelled_any = False
+        self.summary: Summary | None = None
 
     # -- messages that must not tear the progress bar
     def _err(self, text: str) -> None:
@@ -85,6 +86,7 @@ class TerminalReporter(Reporter):
             self.bar.update(files_done)
 
     def end(self, summary: Summary) -> None:
+        self.summary = summary  # first: an interrupted run's last line is made from it (cli/predict.py)
         if self.bar is not None:
             self.bar.close()
             self.bar = None

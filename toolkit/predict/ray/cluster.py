@@ -1,0 +1,107 @@
+"""Starting or joining a Ray cluster for one predict run, and sizing the run from its resources.
+
+Without an address, a local Ray instance sized to this machine is started and stopped with the run. With
+one, the driver joins that cluster; Ray 2.60 clusters require their authentication token, and its drivers
+still default to sending none, so RAY_AUTH_MODE=token is set unless the environment chose a mode. The token
+itself is Ray's business: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+
+from ...errors import ClusterUnavailable
+from ...machine import usable_cpus
+
+INSTALL = "pip install 'toolkit[cluster]'"
+CPUS_PER_ACTOR = 8
+# Files per decode task: large enough that task overhead (~ms) is small against decoding (~50 us a file).
+MAX_BLOCK = 2048
+
+
+def import_ray(address: str | None = None):
+    if address and "RAY_AUTH_MODE" not in os.environ:
+        # Ray reads the mode when imported: a joining driver must send the cluster's token (see above).
+        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ClusterUnavailable(f"--engine ray needs Ray Data, which is not installed; install it with: {INSTALL}") \
+            from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Join the cluster at ``address`` or start a local one; leave (stopping a local one) however the run ends.
+
+    Yields (the ray module, seconds it took to start or join).
+    """
+    ray = import_ray(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's C++ core logs warnings (e.g. on the actor pool's pickled arguments) straight to this process's
+    # stderr; the CLI's rule is one line per problem, said by us. Set it to "warning" to see them again.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    started = time.perf_counter()
+    from ...runtime import captured_stderr
+
+    # Ray's C++ client logs every refused retry (and its own log level) on stderr: the reason is said once, below.
+    # Processes a local start spawns write to Ray's log files, not to this captured stream.
+    with captured_stderr() as lines:
+        try:
+            if address:
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            else:
+                # "local": a new instance even where `ray start` runs one on this machine (ray.init would join it)
+                ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=False, logging_level="ERROR",
+                         log_to_driver=False)
+        except Exception as e:
+            if address:
+                raise ClusterUnavailable(_join_failure(address, e, lines)) from None
+            raise ClusterUnavailable(f"cannot start a local Ray instance ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:300]})") from None
+    try:
+        import logging
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # "execution finished in ..." and the like
+        yield ray, time.perf_counter() - started
+    finally:
+        ray.shutdown()
+
+
+def _join_failure(address: str, error: Exception, lines: list[str]) -> str:
+    text = " ".join([str(x) for x in _chain(error)] + lines)
+    if "no authentication token was found" in text:
+        return (f"the Ray cluster at {address} requires its authentication token and this machine has none: set "
+                "RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file holding it (`ray get-auth-token` on the head "
+                "prints it)")
+    if "InvalidAuthToken" in text or "Unauthenticated" in text:
+        return (f"the Ray cluster at {address} refused this driver: its authentication token is missing or wrong "
+                "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token; `ray get-auth-token` on the "
+                "head prints it)")
+    return f"cannot join the Ray cluster at {address} ({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def plan(ray, files: int, provider: str) -> dict:
+    """How many actors and blocks, from the cluster's resources (see engine's docstring)."""
+    resources = ray.cluster_resources()
+    cpus = max(1.0, float(resources.get("CPU", 1)))
+    actors = max(1, math.floor(cpus / CPUS_PER_ACTOR))
+    if provider == "cuda":
+        actors = max(1, int(resources.get("GPU", 1)))
+    # A few blocks per CPU keep every decode slot busy and bound what waits in the reorder buffer.
+    blocks = max(1, min(math.ceil(files / 64), max(math.ceil(files / MAX_BLOCK), int(cpus * 4))))
+    return {"cpus": cpus, "actors": actors, "blocks": blocks}

@@ -1,0 +1,223 @@
+"""The Ray engine of `toolkit predict`: decode tasks and a pool of model actors on Ray Data.
+
+Nothing here is a second pipeline: the file list comes from inputs.collect (local paths) or the same rules
+over a pyarrow.fs listing (uris.py); decode tasks run local.decode_chunk (local files) or decode.decode_gray
+on the object's bytes, then preprocess.to_model_pixels; a pool of actors, each opening the model once with
+runtime.Predictor, computes the outputs; the driver yields them as Batches in input order to run.py, which
+records them exactly as the local engine's. Rows come back in any order (a reorder buffer puts them back in
+input order), each file index once: a batch Ray replays after a lost actor or worker is dropped.
+
+Sizing: decoding is the bottleneck (tens of thousands of 28x28 PNGs per core and second against hundreds
+of thousands of MLP rows per ORT thread), so there is one model actor per eight CPUs (at least one), and
+actors reserve a quarter of a CPU and decode tasks half of one: an actor reserving a whole CPU on a 2-CPU
+node left nothing for the decode tasks and the run stalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ...errors import ImageError
+from ...preprocess import PreprocessSpec, is_blank, model_input, to_model_pixels
+from ..decode import bombs_refused
+from ..local import decode_chunk
+from ..output import PARQUET, check_output
+from ..results import Batch
+from .cluster import import_ray, plan, ray_session
+from .parquet import check_parquet_output, parquet_rows
+from .uris import collect_any, read_uri
+
+# Different reservations also keep Ray Data from fusing the decode tasks into the actors.
+ACTOR_CPUS = 0.25
+DECODE_CPUS = 0.5
+
+
+def decode_batch(batch: dict, spec_json: str, roots: list[str]) -> dict:
+    """Decode tasks: file locations in, model pixels (or the reason each file was skipped) out."""
+    spec = PreprocessSpec.from_dict(json.loads(spec_json))
+    paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
+    sources = batch["source"]
+    n = len(paths)
+    pixels = np.zeros((n, spec.height, spec.width), dtype=np.uint8)
+    reasons = [""] * n
+    if (sources < 0).all():  # local files: the very loop the local engine's workers run
+        ok, decoded, bad = decode_chunk(paths, spec)
+        pixels[ok] = decoded
+        for i, reason in bad:
+            reasons[i] = reason
+    else:
+        with bombs_refused():
+            for i, (path, source) in enumerate(zip(paths, sources)):
+                try:
+                    if source < 0:
+                        ok, decoded, bad = decode_chunk([path], spec)
+                        if bad:
+                            raise ImageError(path, bad[0][1])
+                        pixels[i] = decoded[0]
+                    else:
+                        pixels[i] = to_model_pixels(read_uri(roots[source], path), spec)
+                except ImageError as e:
+                    reasons[i] = e.reason
+                except Exception as e:  # one odd file must never end a run over thousands
+                    reasons[i] = f"could not be processed ({type(e).__name__}: {e})"
+    return {"index": batch["index"], "pixels": pixels, "reason": np.array(reasons, dtype=object),
+            **_carried(batch)}
+
+
+def _carried(batch: dict) -> dict:
+    """What the Parquet rows need beyond the model's output: passed along by each stage (only then)."""
+    return {k: batch[k] for k in ("path", "expected") if "expected" in batch}
+
+
+class ModelActor:
+    """One per actor: the model opened once (from bytes the driver sent: a node need not hold the file)."""
+
+    def __init__(self, model: list, suffix: str, provider: str, flags=None):
+        import ray
+
+        from ...runtime import Predictor
+
+        # [ObjectRef]: a reference inside a list is not resolved by Ray, so the actor's constructor arguments
+        # stay small (restarting an actor whose arguments live in the object store is fragile) and the
+        # model's bytes are fetched here, once per actor.
+        model_bytes = ray.get(model[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"model{suffix}"
+            path.write_bytes(model_bytes)
+            self.predictor = Predictor.open(path, provider, 1, flags=flags)
+        self.spec = self.predictor.contract.preprocess
+        self.table = self.spec.lookup_table()
+        self.width = len(self.predictor.classes)
+
+    def __call__(self, batch: dict) -> dict:
+        ok = np.array([not r for r in batch["reason"]], dtype=bool)
+        n = len(ok)
+        logits = np.zeros((n, self.width), dtype=np.float32)
+        blank = np.zeros(n, dtype=bool)
+        if ok.any():
+            pixels = batch["pixels"][ok]
+            logits[ok] = self.predictor.logits(model_input(pixels, self.spec, self.table))
+            blank[ok] = is_blank(pixels)
+        return {"index": batch["index"], "logits": logits, "blank": blank, "reason": batch["reason"],
+                **_carried(batch)}
+
+
+class RayEngine:
+    """A Ray cluster: the one at ``address``, or a local instance started and stopped with the run."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None):
+        self.address = address
+        self.startup_seconds = 0.0
+        self.ds = None
+        self.sources: list[int] = []
+        self.roots: list[str] = []
+
+    def collect(self, paths):
+        imported = time.perf_counter()
+        import_ray(self.address)  # the install command before anything else is done
+        self.startup_seconds = time.perf_counter() - imported
+        inputs, self.sources, self.roots = collect_any(paths)
+        return inputs
+
+    @staticmethod
+    def check_output(path, force: bool):
+        if Path(path).suffix.lower() == PARQUET:
+            return check_parquet_output(path, force=force)
+        return check_output(path, force=force)
+
+    def open(self, job, stack):
+        """Open the model here first (a bad model fails before any cluster work), then start or join Ray."""
+        from ...runtime import Predictor
+
+        options = job.options
+        predictor = Predictor.open(options.model, options.provider, 1, flags=options.flags)
+        ray, startup = stack.enter_context(ray_session(self.address))
+        # Ray's start-up, reported apart (docs/scale.md): importing Ray and starting or joining the cluster.
+        self.startup_seconds += startup
+        files = job.inputs.files
+        provider = predictor.provider if options.provider != "auto" else options.provider
+        sizing = plan(ray, len(files), provider)
+        where = f"joined {self.address}" if self.address else "started a local Ray instance"
+        job.reporter.notice(f"--engine ray: {where} in {startup:.1f} s; {sizing['cpus']:g} CPU(s), "
+                            f"{sizing['actors']} model actor(s), {sizing['blocks']} decode task(s)")
+        items = [{"index": i, "path": os.fsencode(p), "source": s} for i, (p, s) in enumerate(zip(files,
+                                                                                                  self.sources))]
+        if options.output is not None and Path(options.output).suffix.lower() == PARQUET:
+            # The rows are made on the cluster: each file's folder label travels with it.
+            index = set(predictor.classes)
+            for item, parent in zip(items, job.inputs.parents):
+                item["expected"] = parent if parent in index else ""
+        ds = ray.data.from_items(items, override_num_blocks=sizing["blocks"])
+        ds = ds.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=DECODE_CPUS,
+                            fn_kwargs={"spec_json": predictor.contract.preprocess.to_json(), "roots": self.roots})
+        gpu = {"num_gpus": 1} if predictor.provider == "cuda" or options.provider == "cuda" else {}
+        self.ds = ds.map_batches(
+            ModelActor, batch_size=options.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=sizing["actors"]), num_cpus=ACTOR_CPUS,
+            fn_constructor_kwargs={"model": [ray.put(Path(options.model).read_bytes())],
+                                   "suffix": Path(options.model).suffix or ".onnx", "provider": options.provider,
+                                   "flags": options.flags}, **gpu)
+        return predictor
+
+    def batches(self, job) -> Iterator[Batch]:
+        ds = self.ds
+        if job.writer is not None and hasattr(job.writer, "folder"):  # Parquet, written on the cluster
+            job.stop.at_once = True  # nothing partial is kept: the first signal stops at once
+            ds = ds.materialize()
+            ds.map_batches(parquet_rows, batch_size=None, batch_format="numpy", num_cpus=DECODE_CPUS,
+                           fn_kwargs={"classes": job.predictor.classes, "top_k": min(job.options.top_k,
+                                                                                     len(job.predictor.classes)),
+                                      "output_kind": job.predictor.contract.output_kind}
+                           ).write_parquet(str(job.writer.folder.absolute()))
+            job.stop.at_once = False
+            ds = ds.select_columns(["index", "logits", "blank", "reason"])
+        yield from in_order(ds, len(job.inputs.files))
+
+
+def in_order(ds, count: int) -> Iterator[Batch]:
+    """The dataset's rows as Batches in input order (a reorder buffer), each file index once."""
+    seen = np.zeros(count, dtype=bool)
+    waiting: dict[int, tuple] = {}  # file index -> (outputs row, blank, reason), until every earlier one came
+    done = 0
+    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, logit, blank, reason in zip(part["index"].tolist(), part["logits"], part["blank"], part["reason"]):
+            if not seen[i]:  # a batch Ray ran twice (a lost actor or worker) is recorded once
+                seen[i] = True
+                waiting[i] = (logit, bool(blank), reason)
+        ready = []
+        while done in waiting:
+            ready.append((done, *waiting.pop(done)))
+            done += 1
+        if ready:
+            yield from _runs(ready)
+
+
+def _runs(ready: list[tuple]) -> Iterator[Batch]:
+    """Consecutive ready items as Batches: decoded runs, each with the skipped files before it."""
+    skipped: list[tuple[int, str]] = []
+    run: list[tuple] = []
+    for item in ready:
+        if item[3]:
+            if run:
+                yield _batch(run, skipped)
+                run, skipped = [], []
+            skipped.append((item[0], item[3]))
+        else:
+            run.append(item)
+    if run or skipped:
+        yield _batch(run, skipped)
+
+
+def _batch(run: list[tuple], skipped: list[tuple[int, str]]) -> Batch:
+    width = len(run[0][1]) if run else 0
+    outputs = np.stack([r[1] for r in run]) if run else np.zeros((0, width), np.float32)
+    return Batch([r[0] for r in run], outputs, np.array([r[2] for r in run], dtype=bool), skipped)

@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from ..text import first_line
 from .shrink_decode import shrink_decode
 
 try:
@@ -326,8 +327,7 @@ def _apply_orientation(im: Image.Image) -> None:
 
 
 def _describe(e: Exception) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e, 160)}" if str(e).strip() else type(e).__name__
 
 
 def _load_reason(im, e: Exception) -> str:

@@ -15,6 +15,7 @@ import time
 
 from ...errors import ClusterUnavailable
 from ...machine import usable_cpus
+from ...text import first_line
 
 INSTALL = "pip install 'toolkit[cluster]'"
 CPUS_PER_ACTOR = 8
@@ -63,7 +64,7 @@ def ray_session(address: str | None):
             if address:
                 raise ClusterUnavailable(_join_failure(address, e, lines)) from None
             raise ClusterUnavailable(f"cannot start a local Ray instance ({type(e).__name__}: "
-                                     f"{str(e).splitlines()[0][:300]})") from None
+                                     f"{first_line(e, 300)})") from None
     try:
         import logging
 
@@ -86,7 +87,7 @@ def _join_failure(address: str, error: Exception, lines: list[str]) -> str:
         return (f"the Ray cluster at {address} refused this driver: its authentication token is missing or wrong "
                 "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token; `ray get-auth-token` on the "
                 "head prints it)")
-    return f"cannot join the Ray cluster at {address} ({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+    return f"cannot join the Ray cluster at {address} ({type(error).__name__}: {first_line(error, 300)})"
 
 
 def _chain(error: BaseException):

@@ -234,7 +234,8 @@ class ServedModel:
 
     async def classify(self, data: bytes, view: bool, timeout_s: float | None = None) -> dict:
         """The plain image route: one encoded file -> label, confidence, probabilities as `toolkit predict` writes them."""
-        from ..predict.output import row_columns, top_k_indices
+        from ..predict.output import row_columns
+        from ..predict.results import score
 
         predictor = self.predictor
         classes = predictor.classes
@@ -242,9 +243,9 @@ class ServedModel:
         outputs = await self.run(predictor.contract.preprocess.normalize(pixels), timeout_s)
         if non_finite_rows(outputs):
             raise ProtocolError(f"model {self.name!r}: its output is not finite (NaN or Inf) for this image", 500)
-        probs = predictor.to_probabilities(outputs)
+        probs, top = score(outputs, predictor.contract.output_kind, len(classes))
         blank = is_blank(pixels)
-        cols = row_columns([""], [None], probs, top_k_indices(probs, len(classes)), blank, classes, len(classes))
+        cols = row_columns([""], [None], probs, top, blank, classes)
         answer = {"model_name": self.name, "label": cols["label"][0], "confidence": cols["confidence"][0],
                   "probabilities": None if blank[0] else _in_class_order(cols, classes),
                   "blank": bool(blank[0])}

@@ -23,7 +23,7 @@ from toolkit.contract import KEY_PREFIX
 from toolkit.errors import ModelError, OutputError, ValidationFailed
 from toolkit.flags import PreprocessFlags
 from toolkit.inspect import identify
-from toolkit.preprocess import to_model_pixels
+from toolkit.preprocess import describe_image, to_model_pixels
 
 from .onnx_export import check_onnx, graph_opset
 
@@ -76,11 +76,11 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
         raise ModelError(source, "already carries a toolkit contract: it needs no stamp (and no options)")
     predictor = Predictor.open(source, "cpu", flags=flags)  # loads in ORT, reads the graph, probes the output
     contract, spec = predictor.contract, predictor.contract.preprocess
-    random_x = spec.normalize(np.random.default_rng(0).integers(0, 256, (RANDOM_IMAGES, spec.height, spec.width),
+    random_x = spec.normalize(np.random.default_rng(0).integers(0, 256, (RANDOM_IMAGES, *spec.pixel_shape),
                                                                   dtype=np.uint8))
     reference = _finite(source, predictor, random_x, "random images")
     accuracy, digits = None, 0
-    if contract.classes == DIGITS:
+    if contract.classes == DIGITS and spec.mode == "digit":
         accuracy, digits = _digit_accuracy(source, predictor, data_dir)
 
     contract = dataclasses.replace(contract, exporter="stamped by toolkit export", source_sha256=file_sha256(source),
@@ -129,7 +129,8 @@ def render(report: StampReport) -> str:
              f"{spec['channels']}x{spec['height']}x{spec['width']}, "
              + (f"fixed batch {report.batch}" if isinstance(report.batch, int) else "dynamic batch")
              + f", output {report.output_kind}",
-             f"preprocessing: x / {spec['pixel_scale']:g}, mean {spec['mean']}, std {spec['std']}, {spec['polarity']}",
+             f"preprocessing: x / {spec['pixel_scale']:g}, mean {spec['mean']}, std {spec['std']}, "
+             + (spec["polarity"] if spec.get("mode", "digit") == "digit" else describe_image(spec)),
              f"finite outputs on {report.random_images} random images"]
     if report.digit_accuracy is not None:
         low = report.digit_accuracy < LOW_ACCURACY

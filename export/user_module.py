@@ -149,7 +149,7 @@ def _output_kind(model, spec) -> str:
     from toolkit.graph import outputs_are_probabilities, probe_pixels
 
     with torch.inference_mode():
-        out = model(torch.from_numpy(spec.normalize(probe_pixels(spec.height, spec.width)))).numpy()
+        out = model(torch.from_numpy(spec.normalize(probe_pixels(spec.pixel_shape)))).numpy()
     return "probabilities" if outputs_are_probabilities(np.asarray(out)) else "logits"
 
 

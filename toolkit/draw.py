@@ -3,8 +3,9 @@
 A 280x280 black canvas with a white brush, as in the seed notebook. Every stroke
 is painted twice: on the Tk canvas for the eye and into a PIL "L" image for the
 model. That image goes through the same ``to_model_pixels`` as `toolkit predict`
-(ink box scaled to 20x20, centred by centre of mass in 28x28), then through the
-ONNX ``Predictor``. Torch is never imported here.
+(a digit model: ink box scaled to 20x20, centred by centre of mass in 28x28; an
+image model: the canvas is an image, resized and cropped by its own pipeline),
+then through the ONNX ``Predictor``. Torch is never imported here.
 
 Tk is imported inside functions so that importing this module (and
 `toolkit --help`) stays cheap and works on machines without Tk.
@@ -106,7 +107,8 @@ class DrawApp:
         side.grid(row=2, column=1, sticky="sw", padx=(0, 8), pady=(0, 8))
         # What the model actually sees: makes the MNIST-style scaling and centring visible.
         spec = predictor.contract.preprocess
-        self.preview_image = tk.PhotoImage(width=spec.width * PREVIEW_SCALE, height=spec.height * PREVIEW_SCALE)
+        self.scale = max(1, PREVIEW_SCALE * 28 // max(spec.height, spec.width, 28))  # previews of big inputs stay small
+        self.preview_image = tk.PhotoImage(width=spec.width * self.scale, height=spec.height * self.scale)
         self.preview = tk.Label(side, image=self.preview_image, bg="black", bd=1, relief="sunken")
         self.preview.grid(row=0, column=0, rowspan=2, padx=(0, 8))
         tk.Label(side, text=f"model input\n{spec.width} x {spec.height}", justify="left", fg="#555555").grid(row=0, column=1, sticky="nw")
@@ -178,7 +180,7 @@ class DrawApp:
             self.pending = None
 
     def model_pixels(self) -> np.ndarray:
-        """The drawing as the model sees it: uint8 at the model's size (28x28 for MNIST), MNIST-normalised."""
+        """The drawing as the model sees it: uint8 at the model's size (28x28 for MNIST), through its pipeline."""
         return to_model_pixels(np.asarray(self.image, dtype=np.uint8), self.predictor.contract.preprocess)
 
     def predict(self) -> None:
@@ -186,7 +188,8 @@ class DrawApp:
         if self.closed:
             return
         pixels = self.model_pixels()
-        if self.image.getbbox() is None or not pixels.any():
+        digit = self.predictor.contract.preprocess.mode == "digit"
+        if self.image.getbbox() is None or (digit and not pixels.any()):  # blank: a digit-mode notion
             self._show_empty()
             return
         start = time.perf_counter()
@@ -219,17 +222,22 @@ class DrawApp:
             self.bars.itemconfigure(pct, text="" if probs is None else f"{p:6.1%}")
 
     def _show_preview(self, pixels: np.ndarray) -> None:
-        big = np.repeat(np.repeat(pixels, PREVIEW_SCALE, axis=0), PREVIEW_SCALE, axis=1)
-        h, w = big.shape
-        # Tk reads binary PGM natively, so no ImageTk (and no Pillow Tk plugin) is needed.
-        self.preview_image.configure(data=b"P5 %d %d 255\n" % (w, h) + big.tobytes(), format="PPM")
+        spec = self.predictor.contract.preprocess
+        if pixels.ndim == 3 and spec.channel_order == "bgr":
+            pixels = pixels[..., ::-1]  # shown as the eye sees it
+        big = np.repeat(np.repeat(pixels, self.scale, axis=0), self.scale, axis=1)
+        h, w = big.shape[:2]
+        colour = big.ndim == 3 and big.shape[2] == 3
+        # Tk reads binary PGM/PPM natively, so no ImageTk (and no Pillow Tk plugin) is needed.
+        self.preview_image.configure(data=(b"P6" if colour else b"P5") + b" %d %d 255\n" % (w, h)
+                                     + np.ascontiguousarray(big).tobytes(), format="PPM")
 
     def _show_empty(self) -> None:
         self.probabilities = None
         self.label.config(text=EMPTY_TEXT)
         self._show_bars(None, None)
         spec = self.predictor.contract.preprocess
-        self._show_preview(np.zeros((spec.height, spec.width), dtype=np.uint8))
+        self._show_preview(np.zeros(spec.pixel_shape, dtype=np.uint8))
         self.status.config(text=f"{self.predictor.provider}")
 
     # ------------------------------------------------------------------ actions

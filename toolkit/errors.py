@@ -71,6 +71,13 @@ class FlagsMismatch(FileProblem):
     exit_code = EXIT_USAGE
 
 
+class ConfigError(FileProblem):
+    """A preprocessing config file (Hugging Face, timm, a model folder) that cannot be read, or holds a step
+    the toolkit would have to guess about: a usage error, like an option that cannot be meant."""
+
+    exit_code = EXIT_USAGE
+
+
 class ImageError(FileProblem):
     """An input image cannot be decoded or is not allowed."""
 

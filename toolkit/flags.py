@@ -1,7 +1,9 @@
 """A model's contract from command-line preprocessing options, for models the toolkit did not export.
 
-The five options (--labels, --mean, --std, --scale, --polarity) say what the graph cannot: the class
-names and how pixels become floats. The graph says the rest (``InputFacts``: channels, size, layout),
+The options (--labels, --mean, --std, --scale, --polarity; with --preprocess image also --fit, --resize,
+--crop-pct, --interpolation, --channel-order, --pad-value) say what the graph cannot: the class names and
+how an image becomes floats; a config file that travels with the model can say it instead
+(``toolkit.model_config``: the options given beside it win). The graph says the rest (``InputFacts``: channels, size, layout),
 read by ``toolkit.graph`` from an ONNX file or given by ``toolkit export --module --input-shape``.
 Parsing raises ValueError (the CLI makes it a usage error); fitting options to a model raises
 FlagsMismatch (exit 2), and a model that has neither contract nor options MissingContract (exit 1).
@@ -10,19 +12,24 @@ FlagsMismatch (exit 2), and a model that has neither contract nor options Missin
 from __future__ import annotations
 
 import math
+import math
 import os
 import stat
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from .contract import ModelContract
 from .errors import FlagsMismatch, MissingContract
-from .preprocess import POLARITIES, PreprocessSpec, value_problem
+from .preprocess import CHANNEL_ORDERS, FITS, INTERPOLATIONS, MODES, POLARITIES, PreprocessSpec, resolve_resize, value_problem
 
 OPTION_NAMES = {"labels": "--labels", "mean": "--mean", "std": "--std", "scale": "--scale",
-                "polarity": "--polarity"}
+                "polarity": "--polarity", "preprocess": "--preprocess", "fit": "--fit", "resize": "--resize",
+                "crop_pct": "--crop-pct", "interpolation": "--interpolation", "channel_order": "--channel-order",
+                "pad_value": "--pad-value"}
+# Options that only mean something with --preprocess image.
+IMAGE_OPTIONS = ("fit", "resize", "crop_pct", "interpolation", "channel_order", "pad_value")
 DESCRIBED = "described by options"  # a contract's exporter when it was built here, not read from the file
 REQUIRED = ("labels", "mean", "std")  # --scale defaults to 255, --polarity to light-on-dark
 DEFAULT_SCALE = 255.0
@@ -128,6 +135,22 @@ def check_pixel_values(flags: "PreprocessFlags") -> None:
                          f"{','.join(f'{s:g}' for s in flags.std)}: {problem}")
 
 
+def parse_pad_value(value: str) -> tuple[int, int, int]:
+    """``V`` (gray) or ``R,G,B``: integers 0-255."""
+    try:
+        numbers = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"expected an integer 0-255 or three (R,G,B), got {value!r}") from None
+    if len(numbers) not in (1, 3) or not all(0 <= n <= 255 for n in numbers):
+        raise ValueError(f"expected an integer 0-255 or three (R,G,B), got {value!r}")
+    return numbers * 3 if len(numbers) == 1 else numbers
+
+
+def _choice(value, choices, name):
+    if value is not None and value not in choices:
+        raise ValueError(f"{OPTION_NAMES[name]}: choose {', '.join(choices)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class PreprocessFlags:
     """The options as given; None where an option was not given."""
@@ -137,11 +160,23 @@ class PreprocessFlags:
     std: tuple[float, ...] | None = None
     scale: float | None = None
     polarity: str | None = None
+    preprocess: str | None = None  # "digit" or "image"
+    fit: str | None = None
+    resize: int | tuple[int, int] | None = None  # a (h, w) box only from a config file (stretch, letterbox)
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    channel_order: str | None = None
+    pad_value: tuple[int, int, int] | None = None
+    crop_offset: str | None = None  # only from a config file: Hugging Face crops at floor offsets
+    input_size: tuple[int, int, int] | None = None  # only from a config file: (C, H, W) it was made for
+    source: str | None = None  # the config file these came from, named in mismatch messages
 
     @classmethod
     def parse(cls, labels: str | None = None, mean: str | None = None, std: str | None = None,
-              scale: float | None = None, polarity: str | None = None) -> "PreprocessFlags":
-        """From option strings; ValueError names the option and what is wrong."""
+              scale: float | None = None, polarity: str | None = None, preprocess: str | None = None,
+              **image) -> "PreprocessFlags":
+        """From option strings; ValueError names the option and what is wrong. ``image``: fit, resize,
+        crop_pct, interpolation, channel_order, pad_value (strings or numbers as click gives them)."""
         def each(name, value, parse):
             try:
                 return None if value is None else parse(value)
@@ -155,14 +190,63 @@ class PreprocessFlags:
         if scale is not None and not in_float32(scale):
             raise ValueError(f"--scale: {scale:g} is {'beyond' if scale > 1 else 'below'} float32's range (the "
                              "preprocessing computes in float32)")
+        if unknown := set(image) - set(IMAGE_OPTIONS):
+            raise TypeError(f"unknown preprocessing options {sorted(unknown)}")
+        _choice(preprocess, MODES, "preprocess")
+        _choice(image.get("fit"), FITS, "fit")
+        _choice(image.get("interpolation"), tuple(INTERPOLATIONS), "interpolation")
+        _choice(image.get("channel_order"), CHANNEL_ORDERS, "channel_order")
+        resize, crop_pct = image.get("resize"), image.get("crop_pct")
+        if resize is not None and not (isinstance(resize, int) and resize >= 1):
+            raise ValueError(f"--resize: a length in pixels of at least 1, got {resize!r}")
+        if crop_pct is not None and not (math.isfinite(crop_pct) and 0 < crop_pct <= 1):
+            raise ValueError(f"--crop-pct: a fraction above 0 and at most 1, got {crop_pct}")
         flags = cls(labels=each("labels", labels, parse_labels), mean=each("mean", mean, lambda v: parse_numbers(v, "mean")),
-                    std=each("std", std, lambda v: parse_numbers(v, "std")), scale=scale, polarity=polarity)
+                    std=each("std", std, lambda v: parse_numbers(v, "std")), scale=scale, polarity=polarity,
+                    preprocess=preprocess, fit=image.get("fit"), resize=resize, crop_pct=crop_pct,
+                    interpolation=image.get("interpolation"), channel_order=image.get("channel_order"),
+                    pad_value=each("pad_value", image.get("pad_value"), parse_pad_value))
         check_pixel_values(flags)
         return flags
 
     @property
     def given(self) -> bool:
-        return any(v is not None for v in (self.labels, self.mean, self.std, self.scale, self.polarity))
+        return any(getattr(self, name) is not None for name in OPTION_NAMES)
+
+    @property
+    def mode(self) -> str:
+        return self.preprocess or "digit"
+
+    def usage_problem(self) -> str | None:
+        """The first combination of options that cannot be meant (a usage error), or None."""
+        image_given = [OPTION_NAMES[n] for n in IMAGE_OPTIONS if getattr(self, n) is not None]
+        if image_given and self.mode != "image":
+            return f"{image_given[0]} is an image-pipeline option: it needs --preprocess image"
+        if self.mode == "image" and self.polarity is not None:
+            return "--polarity is a digit-pipeline option (--preprocess digit)"
+        if self.resize is not None and self.crop_pct is not None:
+            return "--resize and --crop-pct both say how far to resize: give one"
+        if isinstance(self.resize, int) and self.fit not in (None, "crop"):
+            return f"--resize sets the shorter side for --fit crop; with --fit {self.fit} use --crop-pct"
+        return None
+
+    def over(self, config: "PreprocessFlags") -> "PreprocessFlags":
+        """These options, with what ``config`` (read from a config file) says where an option was not given.
+
+        A geometry is taken whole: --fit, --resize or --crop-pct given here replace the config's geometry.
+        --labels beside a config's labels must name as many (they then win). ValueError says why not.
+        """
+        if self.preprocess == "digit":
+            raise ValueError(f"--preprocess digit contradicts {config.source}, which describes an image pipeline")
+        if self.labels is not None and config.labels is not None and len(self.labels) != len(config.labels):
+            raise ValueError(f"--labels names {len(self.labels)} labels but {config.source} names "
+                             f"{len(config.labels)}: give one label per output")
+        merged = {name: getattr(self, name) if getattr(self, name) is not None else getattr(config, name)
+                  for name in (f.name for f in fields(self))}
+        if any(getattr(self, n) is not None for n in ("fit", "resize", "crop_pct")):
+            for name in ("fit", "resize", "crop_pct", "crop_offset"):
+                merged[name] = getattr(self, name)
+        return PreprocessFlags(**merged)
 
     @property
     def missing(self) -> list[str]:
@@ -207,18 +291,25 @@ def _per_channel(path, values: tuple[float, ...], name: str, channels: int) -> f
 def preprocess_from_flags(path, flags: PreprocessFlags | None, facts: InputFacts) -> tuple[list[str], PreprocessSpec]:
     """(classes, PreprocessSpec) for a model whose input is ``facts``; typed errors name ``path``."""
     flags = require_flags(path, flags)
-    spec = PreprocessSpec(height=facts.height, width=facts.width,
-                          pixel_scale=DEFAULT_SCALE if flags.scale is None else flags.scale,
-                          mean=_per_channel(path, flags.mean, "mean", facts.channels),
-                          std=_per_channel(path, flags.std, "std", facts.channels),
-                          polarity=flags.polarity or DEFAULT_POLARITY, layout=facts.layout, channels=facts.channels)
+    common = dict(height=facts.height, width=facts.width, pixel_scale=DEFAULT_SCALE if flags.scale is None else flags.scale,
+                  mean=_per_channel(path, flags.mean, "mean", facts.channels),
+                  std=_per_channel(path, flags.std, "std", facts.channels), layout=facts.layout, channels=facts.channels)
+    if flags.input_size is not None and tuple(flags.input_size) != (facts.channels, facts.height, facts.width):
+        raise FlagsMismatch(path, f"{flags.source} describes {'x'.join(map(str, flags.input_size))} (C x H x W) input "
+                                  f"but the graph takes {facts.channels}x{facts.height}x{facts.width}")
     try:
+        spec = PreprocessSpec(polarity=flags.polarity or DEFAULT_POLARITY, **common) if flags.mode == "digit" else \
+            PreprocessSpec(mode="image", fit=flags.fit or "crop", resize=flags.resize, crop_pct=flags.crop_pct,
+                           interpolation=flags.interpolation or "bilinear", channel_order=flags.channel_order or "rgb",
+                           pad_value=flags.pad_value or (0, 0, 0), crop_offset=flags.crop_offset or "round", **common)
         spec.check()
     except ValueError as e:
         raise FlagsMismatch(path, str(e)) from None
     classes = list(flags.labels)
     if facts.output_width is not None and facts.output_width != len(classes):
-        raise FlagsMismatch(path, f"the model has {facts.output_width} outputs but --labels names {len(classes)} "
+        named = "--labels names" if flags.source is None or len(flags.labels) != len(classes) else \
+            f"{flags.source} names"
+        raise FlagsMismatch(path, f"the model has {facts.output_width} outputs but {named} {len(classes)} "
                                   "labels: give one label per output, in output order")
     return classes, spec
 
@@ -247,9 +338,24 @@ def check_agreement(path, contract: ModelContract, flags: PreprocessFlags) -> No
         differ.append(f"--scale {flags.scale:g} vs {spec.pixel_scale:g}")
     if flags.polarity is not None and flags.polarity != spec.polarity:
         differ.append(f"--polarity {flags.polarity} vs {spec.polarity}")
+    if flags.preprocess is not None and flags.preprocess != spec.mode:
+        differ.append(f"--preprocess {flags.preprocess} vs {spec.mode}")
+    for name in ("fit", "interpolation", "channel_order", "pad_value"):
+        ours = getattr(flags, name)
+        if ours is not None and spec.mode == "image" and tuple(np.atleast_1d(ours)) != tuple(np.atleast_1d(getattr(spec, name))):
+            differ.append(f"{OPTION_NAMES[name]} {_show(ours)} vs {_show(getattr(spec, name))}")
+    if spec.mode == "image" and (flags.resize is not None or flags.crop_pct is not None):
+        ours = resolve_resize(flags.fit or spec.fit, spec.height, spec.width, flags.resize, flags.crop_pct)
+        if ours != spec.resize:
+            given = f"--resize {flags.resize}" if flags.resize is not None else f"--crop-pct {flags.crop_pct:g}"
+            differ.append(f"{given} (resize to {_show(ours)}) vs resize to {_show(spec.resize)}")
     if differ:
         raise FlagsMismatch(path, "carries a toolkit contract that the options contradict ("
                                   + "; ".join(differ) + "): leave the options out, the file says it all")
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _same(ours: tuple[float, ...], theirs: tuple[float, ...], channels: int) -> bool:

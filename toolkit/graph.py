@@ -40,7 +40,7 @@ def input_facts(session, path) -> InputFacts:
     layout, channels, (height, width) = ("NHWC", dims[3], dims[1:3]) if nhwc else ("NCHW", dims[1], dims[2:4])
     if channels not in (1, 3):
         raise ModelError(path, f"input {inp.name!r} has shape {shape}: {channels} channels ({layout}); the "
-                               "toolkit feeds 1 (gray) or 3 (the gray digit in R, G and B)")
+                               "toolkit feeds 1 (gray) or 3 (RGB or BGR; a digit model: the gray digit in each)")
     if height is None or width is None:
         raise ModelError(path, f"input {inp.name!r} has shape {shape}: its height and width must be fixed in the "
                                "graph (the image is scaled to them)")
@@ -70,9 +70,10 @@ def outputs_are_probabilities(outputs: np.ndarray) -> bool:
     return bool(out.min() >= -tol and out.max() <= 1 + tol and np.abs(out.sum(axis=1) - 1).max() <= tol)
 
 
-def probe_pixels(height: int, width: int, n: int = PROBE_IMAGES) -> np.ndarray:
-    """uint8 probe images: ``n - 1`` of random pixels (a fixed seed) and one empty canvas."""
+def probe_pixels(shape: tuple[int, ...], n: int = PROBE_IMAGES) -> np.ndarray:
+    """uint8 probe images of one image's model-pixel ``shape`` (``PreprocessSpec.pixel_shape``):
+    ``n - 1`` of random pixels (a fixed seed) and one empty canvas."""
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(n, height, width), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
     images[-1] = 0
     return images

@@ -123,11 +123,18 @@ def _contract(path: Path, flags) -> dict:
 
     contract = Predictor.open(path, "cpu", flags=flags).contract
     spec = contract.preprocess
-    return {"source": "options" if contract.exporter == DESCRIBED else "file",
+    info = {"source": "options" if contract.exporter == DESCRIBED else "file",
             "classes": contract.classes, "input": contract.input_name, "layout": spec.layout,
             "channels": spec.channels, "height": spec.height, "width": spec.width,
             "batch": contract.input_shape[0], "scale": spec.pixel_scale, "mean": spec.mean, "std": spec.std,
             "polarity": spec.polarity, "output": contract.output_name, "output_kind": contract.output_kind}
+    if spec.mode == "image":  # every resolved value of the image pipeline, as the contract stores it
+        image = spec.to_dict()
+        info.pop("polarity")
+        info.update(preprocess="image", **{k: image[k] for k in ("fit", "resize", "crop_pct", "interpolation",
+                                                                 "channel_order", "pad_value", "crop_offset",
+                                                                 "version")})
+    return info
 
 
 def _with_onnx(path: Path) -> dict:

@@ -1,14 +1,23 @@
-"""The one place that defines how pixels become model input.
+"""The one place that defines how pixels become model input: two pipelines, one module.
 
-Training, export (reference inputs and metadata), predict and the drawing pad
-all go through ``PreprocessSpec``. The arithmetic matches the seed's
-``ToTensor()`` + ``Normalize((0.5,), (0.5,))`` exactly: x / 255, then (x - mean) / std,
-in float32, in that order, so every path produces bit-identical inputs.
+Training, export (reference inputs and metadata), predict, the drawing pad and serving all go
+through ``PreprocessSpec`` and ``to_model_pixels`` (decoded image -> the model's uint8 pixels), then
+``PreprocessSpec.normalize`` (uint8 -> float32 input tensor).
+
+* ``digit`` (the default, the toolkit's own models and every file written before modes existed): any
+  image is brought to MNIST's format (gray, polarity fixed, ink box scaled, centred by mass).
+* ``image`` (any photo classifier): RGB as Pillow's ``convert("RGB")`` gives it (the decode module),
+  colour order (RGB, BGR, or luma for a 1-channel model), one geometry (``crop``, ``letterbox``,
+  ``stretch``) with Pillow's filters and torchvision's/timm's rounding, then the same arithmetic.
+
+The arithmetic matches torchvision's ``ToTensor()`` + ``Normalize(mean, std)`` exactly: x / scale, then
+(x - mean[c]) / std[c], in float32, in that order, so every path produces bit-identical inputs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -16,16 +25,45 @@ import numpy as np
 
 LAYOUTS = ("NCHW", "NHWC")
 POLARITIES = ("light-on-dark", "dark-on-light")
+MODES = ("digit", "image")
+FITS = ("crop", "letterbox", "stretch")
+# Pillow's Image.Resampling codes (Hugging Face configs store these integers as ``resample``).
+INTERPOLATIONS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+CHANNEL_ORDERS = ("rgb", "bgr")
+# Where a centre crop starts: torchvision's CenterCrop (and timm) int(round(d / 2)); Hugging Face's d // 2.
+CROP_OFFSETS = ("round", "floor")
+DEFAULT_CROP_PCT = {"crop": 0.875, "letterbox": 1.0, "stretch": 1.0}  # timm's eval default; the others: none
+SPEC_VERSION = 2  # version 1: digit mode only (files written before image mode; they carry no version key)
+IMAGE_KEYS = ("version", "mode", "fit", "resize", "crop_pct", "interpolation", "channel_order", "pad_value",
+              "crop_offset")
+
+
+def resolve_resize(fit: str, height: int, width: int, resize=None, crop_pct: float | None = None):
+    """What the image is resized to before the centre crop/pad to ``height`` x ``width``.
+
+    crop: the shorter side's length (torchvision ``Resize(N)``), ``resize`` or timm's ``floor(size / crop_pct)``;
+    stretch/letterbox: the box (h, w) the image is stretched to / fitted into, ``floor(side / crop_pct)`` each.
+    """
+    if resize is not None:
+        return int(resize) if fit == "crop" else tuple(int(v) for v in (resize if isinstance(resize, (list, tuple))
+                                                                         else (resize, resize)))
+    pct = DEFAULT_CROP_PCT[fit] if crop_pct is None else crop_pct
+    if fit == "crop":
+        return math.floor(min(height, width) / pct)
+    return math.floor(height / pct), math.floor(width / pct)
 
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """What a model expects: its input size, channels and layout, and how uint8 pixels become floats.
+    """What a model expects: its input size, channels and layout, and how an image becomes its input.
 
-    ``mean``/``std`` are one number for every channel or one per channel (a tuple). Pixels reach
-    ``normalize`` in MNIST's format (light on dark, see ``to_model_pixels``); a ``dark-on-light`` model
-    gets them inverted there, and a 3-channel model gets the gray digit in every channel.
-    Older files' JSON (no ``channels``, scalar mean/std, NCHW) reads unchanged.
+    ``mean``/``std`` are one number for every channel or one per channel (a tuple), in the model's
+    channel order. Digit mode: pixels reach ``normalize`` in MNIST's format (light on dark, see
+    ``to_model_pixels``); a ``dark-on-light`` model gets them inverted there, and a 3-channel model gets the
+    gray digit in every channel. Image mode: ``to_model_pixels`` gives (H, W, C) pixels in the model's
+    channel order; every image field is stored resolved (``resize`` computed, never a library default).
+    Older files' JSON (no ``mode``: digit, no ``channels``, scalar mean/std, NCHW) reads unchanged, and a
+    digit spec's JSON is exactly what it was before image mode existed.
     """
 
     height: int = 28
@@ -37,15 +75,39 @@ class PreprocessSpec:
     polarity: str = "light-on-dark"
     layout: str = "NCHW"
     channels: int = 1
+    # ---- image mode only (digit mode keeps these defaults and does not write them)
+    mode: str = "digit"
+    fit: str = "crop"
+    resize: int | tuple[int, int] | None = None  # resolved in image mode: see resolve_resize
+    crop_pct: float | None = None  # the one that gave ``resize`` (None when resize was given itself)
+    interpolation: str = "bilinear"
+    channel_order: str = "rgb"
+    pad_value: tuple[int, int, int] = (0, 0, 0)  # R, G, B of letterbox (and crop padding) borders
+    crop_offset: str = "round"
+    version: int = 1
 
     def __post_init__(self):
         for name in ("mean", "std"):  # JSON gives lists; a frozen dataclass must stay hashable
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
                 object.__setattr__(self, name, float(value[0]) if len(value) == 1 else tuple(map(float, value)))
+        if isinstance(self.pad_value, (list, tuple)):
+            object.__setattr__(self, "pad_value", tuple(int(v) for v in self.pad_value))
+        if isinstance(self.resize, list):
+            object.__setattr__(self, "resize", tuple(self.resize))
+        if self.mode == "image":
+            object.__setattr__(self, "version", SPEC_VERSION)
+            if self.resize is None and self.fit in FITS:  # recorded resolved: the fit's default is written down
+                pct = DEFAULT_CROP_PCT[self.fit] if self.crop_pct is None else self.crop_pct
+                object.__setattr__(self, "crop_pct", pct)
+                object.__setattr__(self, "resize", resolve_resize(self.fit, self.height, self.width, crop_pct=pct))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.mode == "digit":  # byte-identical to what every earlier toolkit wrote (and reads)
+            for key in IMAGE_KEYS:
+                d.pop(key)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -56,18 +118,27 @@ class PreprocessSpec:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        version = d.get("version", 1)
+        if not isinstance(version, int) or not 1 <= version <= SPEC_VERSION:
+            raise ValueError(f"preprocessing version {version!r}: this toolkit reads versions 1 to {SPEC_VERSION} "
+                             "(a newer toolkit wrote it?)")
+        if d.get("mode", "digit") == "image" and version < 2:
+            raise ValueError("image-mode preprocessing needs version 2")
         spec = cls(**d)
         spec.check()
         return spec
 
     def check(self) -> None:
         """ValueError naming the first value a model could not be fed with."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown preprocessing mode {self.mode!r}")
         if self.polarity not in POLARITIES:
             raise ValueError(f"unknown polarity {self.polarity!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"unsupported layout {self.layout!r}")
         if self.channels not in (1, 3):
-            raise ValueError(f"{self.channels} channels: only 1 (gray) or 3 (the gray digit in R, G and B) are fed")
+            raise ValueError(f"{self.channels} channels: only 1 (gray) or 3 (RGB/BGR, or the gray digit in each) "
+                             "are fed")
         if min(self.height, self.width) < 1:
             raise ValueError(f"image size {self.height}x{self.width}")
         for name in ("mean", "std"):
@@ -79,6 +150,33 @@ class PreprocessSpec:
         problem = value_problem(self.pixel_scale, self.means, self.stds)
         if problem:
             raise ValueError(problem)
+        if self.mode == "image":
+            self._check_image()
+        elif any(getattr(self, f.name) != f.default for f in fields(self) if f.name in IMAGE_KEYS):
+            raise ValueError("image preprocessing fields (fit, resize, ...) on a digit-mode model")
+
+    def _check_image(self) -> None:
+        if self.fit not in FITS:
+            raise ValueError(f"unknown fit {self.fit!r} (crop, letterbox or stretch)")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"unknown channel order {self.channel_order!r}")
+        if self.channel_order == "bgr" and self.channels == 1:
+            raise ValueError("channel order bgr for a 1-channel (luma) model")
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ValueError(f"unknown crop offset rule {self.crop_offset!r}")
+        if self.polarity != "light-on-dark":
+            raise ValueError("polarity is a digit-mode setting")
+        if len(self.pad_value) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in self.pad_value):
+            raise ValueError(f"pad value {self.pad_value!r}: three integers 0-255")
+        if self.crop_pct is not None and not (0 < self.crop_pct <= 1):
+            raise ValueError(f"crop_pct {self.crop_pct!r}: must be above 0 and at most 1")
+        sides = (self.resize,) if self.fit == "crop" else self.resize
+        if not isinstance(sides, tuple) or len(sides) != (1 if self.fit == "crop" else 2) or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sides):
+            raise ValueError(f"resize {self.resize!r} for fit {self.fit}: "
+                             + ("one length" if self.fit == "crop" else "a height and a width") + " of at least 1")
 
     @property
     def stds(self) -> tuple[float, ...]:
@@ -95,15 +193,24 @@ class PreprocessSpec:
             return (self.height, self.width, self.channels)
         return (self.channels, self.height, self.width)
 
-    def _values(self, a: np.ndarray) -> np.ndarray:
-        """The float32 arithmetic for uint8 pixels, channels last when mean/std are per channel.
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """One image's uint8 pixels as ``to_model_pixels`` gives them: (H, W) digit, (H, W, C) image."""
+        return (self.height, self.width) if self.mode == "digit" else (self.height, self.width, self.channels)
 
-        x / scale, then (x - mean) / std, in float32, in that order: the seed's ToTensor + Normalize.
+    def _values(self, a: np.ndarray) -> np.ndarray:
+        """The float32 arithmetic for uint8 pixels, channels last when mean/std are per channel (or image mode).
+
+        x / scale, then (x - mean) / std, in float32, in that order: torchvision's ToTensor + Normalize.
         """
         if self.polarity == "dark-on-light":
             a = 255 - a
         x = a.astype(np.float32)
         x /= np.float32(self.pixel_scale)
+        if self.mode == "image":  # pixels already carry their channel axis
+            x -= np.asarray(self.means, dtype=np.float32)
+            x /= np.asarray(self.stds, dtype=np.float32)
+            return x
         if isinstance(self.mean, tuple) or isinstance(self.std, tuple):
             x = x[..., None] - np.asarray(self.means, dtype=np.float32)
             x /= np.asarray(self.stds, dtype=np.float32)
@@ -123,24 +230,33 @@ class PreprocessSpec:
         return values[:, :, :, 0][:, None] if self.channels == 1 else np.ascontiguousarray(values.transpose(0, 3, 1, 2))
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 images (N, H, W) or (H, W) in MNIST's format -> float32 model input, e.g. (N, 1, H, W)."""
+        """uint8 model pixels, one image or a batch (``pixel_shape``, or N of them) -> float32 model input."""
         a = np.asarray(pixels)
         if a.dtype != np.uint8:
             raise TypeError(f"expected uint8 pixels, got {a.dtype}")
-        if a.ndim == 2:
+        if a.ndim == len(self.pixel_shape):
             a = a[None]
-        if a.shape[1:] != (self.height, self.width):
-            raise ValueError(f"expected images of {self.height}x{self.width}, got {a.shape[1:]}")
+        if a.shape[1:] != self.pixel_shape:
+            raise ValueError(f"expected images of {'x'.join(map(str, self.pixel_shape))}, got {a.shape[1:]}")
         return self.arrange(self._values(a))
 
     def lookup_table(self) -> np.ndarray:
         """``normalize`` of every uint8 value, (256,) or (256, C) per channel:
-        ``arrange(table[pixels])`` equals ``normalize(pixels)`` bit for bit.
+        ``from_table(table, pixels)`` equals ``normalize(pixels)`` bit for bit.
 
         The same float32 operations in the same order, applied to the 256 possible inputs;
         one gather per pixel is several times cheaper than converting and dividing.
         """
-        return self._values(np.arange(256, dtype=np.uint8))
+        levels = np.arange(256, dtype=np.uint8)
+        if self.mode == "image":
+            levels = np.repeat(levels[:, None], self.channels, axis=1)
+        return self._values(levels)
+
+    def from_table(self, table: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """A batch of model pixels -> model input through ``lookup_table()`` (== ``normalize``, bit for bit)."""
+        if self.mode == "image":
+            return self.arrange(table[pixels, np.arange(self.channels)])
+        return self.arrange(table[pixels])
 
 
 MNIST = PreprocessSpec()
@@ -201,8 +317,6 @@ def model_input(pixels: np.ndarray, spec: PreprocessSpec, table: np.ndarray | No
     return spec.arrange(table[pixels])
 
 
-# ---------------------------------------------------------------- any image -> MNIST format
-
 def is_mnist_formatted(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> bool:
     """Already model-ready: exactly the model's size and light strokes on a dark border."""
     if gray.shape != (spec.height, spec.width):
@@ -216,7 +330,102 @@ def is_mnist_formatted(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> bool:
     return int(low) + int(high) < 256
 
 
-def to_model_pixels(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> np.ndarray:
+def to_model_pixels(decoded, spec: PreprocessSpec = MNIST) -> np.ndarray:
+    """Decoded image data -> the model's uint8 pixels (``spec.pixel_shape``): the one entry for both modes.
+
+    ``decoded``: what the decode module gives for the spec's mode (``toolkit.predict.decode``:
+    ``read_image``/``decode_image``): digit mode a 2-D uint8 gray array; image mode an RGB Pillow image
+    or (H, W, 3) uint8 array (a 2-D gray array is taken as Pillow's gray-to-RGB, the same value in R, G, B).
+    """
+    if spec.mode == "image":
+        return _image_pixels(decoded, spec)
+    return _digit_pixels(decoded, spec)
+
+
+# ---------------------------------------------------------------- image mode
+
+def describe_image(spec: dict) -> str:
+    """An image-mode spec's dict (as a contract stores it) in one line, as a user would say it."""
+    resize = spec["resize"]
+    how = {"crop": f"shorter side to {resize}, centre crop", "stretch": f"stretch to {resize[0]}x{resize[1]}",
+           "letterbox": f"fit in {resize[0]}x{resize[1]}, pad {','.join(map(str, spec['pad_value']))}"}[spec["fit"]]
+    if spec["fit"] != "crop" and tuple(resize) != (spec["height"], spec["width"]):
+        how += ", centre crop"
+    pct = f", crop_pct {spec['crop_pct']:g}" if spec.get("crop_pct") is not None else ""
+    return (f"image pipeline: {spec['channel_order'] if spec['channels'] == 3 else 'luma'}, {spec['fit']} "
+            f"({how}{pct}) to {spec['height']}x{spec['width']}, {spec['interpolation']}")
+
+
+def resized_size(height: int, width: int, spec: PreprocessSpec) -> tuple[int, int]:
+    """(h, w) an image of ``height`` x ``width`` is resized to before its centre crop/pad, as
+    torchvision's ``Resize`` (crop: shorter side N, longer ``int(N * long / short)``), its exact
+    ``Resize((h, w))`` (stretch) and timm's ``ResizeKeepRatio(longest=1)`` (letterbox: round(side / ratio))."""
+    if spec.fit == "crop":
+        n = spec.resize
+        return (int(n * height / width), n) if width <= height else (n, int(n * width / height))
+    box_h, box_w = spec.resize
+    if spec.fit == "stretch":
+        return box_h, box_w
+    ratio = max(height / box_h, width / box_w)
+    return max(1, round(height / ratio)), max(1, round(width / ratio))
+
+
+def _centre(im, height: int, width: int, fill, offset: str):
+    """torchvision's CenterCrop (pads with ``fill`` first where the image is smaller, the odd pixel right/bottom;
+    timm's CenterCropOrPad), or with ``offset`` "floor" Hugging Face's ``center_crop`` (crop offsets rounded
+    down, the odd padding pixel top/left)."""
+    from PIL import Image
+
+    w0, h0 = im.size
+    if width > w0 or height > h0:
+        extra = 1 if offset == "floor" else 0
+
+        def before(want, have):
+            return (want - have + extra) // 2 if want > have else 0
+
+        canvas = Image.new(im.mode, (max(width, w0), max(height, h0)), fill)
+        canvas.paste(im, (before(width, w0), before(height, h0)))
+        im, (w0, h0) = canvas, canvas.size
+    if (w0, h0) == (width, height):
+        return im
+    if offset == "round":
+        top, left = int(round((h0 - height) / 2.0)), int(round((w0 - width) / 2.0))
+    else:
+        top, left = (h0 - height) // 2, (w0 - width) // 2
+    return im.crop((left, top, left + width, top + height))
+
+
+def _image_pixels(decoded, spec: PreprocessSpec) -> np.ndarray:
+    """RGB image -> colour (luma for 1 channel) -> geometry -> (H, W, C) uint8 in the model's channel order."""
+    from PIL import Image
+
+    if isinstance(decoded, Image.Image):
+        im = decoded
+    else:
+        a = np.asarray(decoded)
+        if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+            raise ValueError(f"expected an RGB (H, W, 3) or gray (H, W) uint8 image, got {a.dtype} {a.shape}")
+        im = Image.fromarray(a)
+    fill = spec.pad_value
+    if spec.channels == 1:  # luma: Pillow's ITU-R 601-2 convert("L") of the RGB image (a gray one is kept)
+        if im.mode != "L":
+            im = im.convert("RGB").convert("L")
+        fill = Image.new("RGB", (1, 1), fill).convert("L").getpixel((0, 0))
+    elif im.mode != "RGB":
+        im = im.convert("RGB")
+    h, w = resized_size(im.height, im.width, spec)
+    if (w, h) != im.size:  # Pillow antialiases when shrinking, as torchvision's PIL path and Hugging Face do
+        im = im.resize((w, h), INTERPOLATIONS[spec.interpolation])
+    im = _centre(im, spec.height, spec.width, fill, spec.crop_offset)
+    pixels = np.asarray(im, dtype=np.uint8)
+    if spec.channels == 1:
+        return pixels[..., None]
+    return np.ascontiguousarray(pixels[..., ::-1]) if spec.channel_order == "bgr" else pixels
+
+
+# ---------------------------------------------------------------- digit mode: any image -> MNIST format
+
+def _digit_pixels(gray: np.ndarray, spec: PreprocessSpec = MNIST) -> np.ndarray:
     """Any 8-bit grayscale image (H, W) -> (spec.height, spec.width) uint8 in MNIST's own format.
 
     The rule (documented in README and `toolkit predict --help`):

@@ -207,7 +207,7 @@ class Predictor:
             from .graph import outputs_are_probabilities, probe_pixels
 
             spec = contract.preprocess
-            probe = predictor.logits(spec.normalize(probe_pixels(spec.height, spec.width)))
+            probe = predictor.logits(spec.normalize(probe_pixels(spec.pixel_shape)))
             contract.output_kind = "probabilities" if outputs_are_probabilities(probe) else "logits"
         return predictor
 

@@ -71,7 +71,7 @@ def _load_average() -> float | None:
 def _inputs(contract, batch: int, seed: int) -> np.ndarray:
     """Random pixels through the model's own preprocessing: realistic values, same for every engine."""
     spec = contract.preprocess
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(batch, spec.height, spec.width), dtype=np.uint8)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(batch, *spec.pixel_shape), dtype=np.uint8)
     return np.ascontiguousarray(spec.normalize(pixels))
 
 

@@ -1,8 +1,16 @@
-"""Any common image file -> a 2-D uint8 grayscale array, or an ImageError saying why not.
+"""Any common image file -> a 2-D uint8 grayscale array (digit mode) or an RGB image (image mode),
+or an ImageError saying why not.
 
 Decoding is separate from preprocessing (``toolkit.preprocess.to_model_pixels``):
-this module only turns bytes into gray levels, the way a viewer would show them,
-with plain Pillow.
+this module only turns bytes into gray levels or colours, the way a viewer would show them,
+with plain Pillow. ``read_image(path, mode)`` and ``decode_image(data, mode)`` give what
+``to_model_pixels`` takes for a model of that mode.
+
+Image mode is what torchvision's and Hugging Face's loaders do: EXIF orientation applied, then
+Pillow's ``convert("RGB")`` (palette expanded, CMYK converted, alpha dropped, 16-bit and float as
+Pillow converts them), every pixel decoded: no reduced decode (JPEG DCT scaling, box averaging), which
+would change them. A gray file stays a gray (mode "L") image, whose RGB is that gray in R, G and B; the
+rules below on transparency, 16-bit scaling and reduction are digit mode's.
 
 * Formats: an allowlist (``ALLOWED_FORMATS``). Pillow is only ever asked to try those
   plugins, so PSD, EPS (Ghostscript), PDF and friends are refused before any parser
@@ -122,16 +130,39 @@ def decode_gray(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
         return _decode_bytes(data, path)
 
 
+def read_image(path: str | os.PathLike, mode: str = "digit"):
+    """The file at ``path`` decoded for a model of preprocessing ``mode``: a 2-D uint8 gray array (digit) or a
+    Pillow image of mode RGB or L (image; see the module rules). Either goes to ``to_model_pixels``."""
+    with bombs_refused():
+        return read_image_unguarded(path, mode)
+
+
+def decode_image(data: bytes, mode: str = "digit", path: str | os.PathLike = "<bytes>"):
+    """``read_image`` of encoded bytes (an upload, a request body); ``path`` only names the source in errors."""
+    with bombs_refused():
+        return _decode_bytes(data, path, mode == "image")
+
+
+def rgb_array(decoded) -> np.ndarray:
+    """Image-mode decoded data -> (H, W, 3) uint8 RGB (a gray image's level in R, G and B, as Pillow converts)."""
+    return np.asarray(decoded.convert("RGB") if decoded.mode != "RGB" else decoded, dtype=np.uint8)
+
+
 def read_gray_unguarded(path: str | os.PathLike) -> np.ndarray:
     """``read_gray`` for callers already inside ``bombs_refused()``."""
-    path = os.fspath(path)
+    return read_image_unguarded(path, "digit")
+
+
+def read_image_unguarded(path: str | os.PathLike, mode: str = "digit"):
+    """``read_image`` for callers already inside ``bombs_refused()``."""
+    path, rgb = os.fspath(path), mode == "image"
     try:
         # Unbuffered, sized by fstat: a buffered reader, or a read into an oversized buffer (an mmap
         # per file), costs about as much as decoding a small PNG.
         with open(path, "rb", buffering=0) as f:
             if os.fstat(f.fileno()).st_size <= _WHOLE_READ:
-                return _decode_bytes(f.read(), path)
-            return _decode(io.BufferedReader(f), path)
+                return _decode_bytes(f.read(), path, rgb)
+            return _decode(io.BufferedReader(f), path, rgb)
     except IsADirectoryError:
         raise ImageError(path, "is a directory, not an image file") from None
     except OSError as e:
@@ -267,12 +298,14 @@ def _plain_gray_png(data: bytes) -> np.ndarray | None:
     return pixels if pixels.shape == (height, width) and pixels.dtype == np.uint8 else None
 
 
-def _decode_bytes(data: bytes, path) -> np.ndarray:
+def _decode_bytes(data: bytes, path, rgb: bool = False):
     pixels = _plain_gray_png(data)
-    return pixels if pixels is not None else _decode(io.BytesIO(data), path)
+    if pixels is None:
+        return _decode(io.BytesIO(data), path, rgb)
+    return Image.fromarray(pixels) if rgb else pixels
 
 
-def _decode(fp, path) -> np.ndarray:
+def _decode(fp, path, rgb: bool = False):
     try:
         im = Image.open(fp, formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
@@ -285,6 +318,8 @@ def _decode(fp, path) -> np.ndarray:
         raise ImageError(path, f"damaged image header ({_describe(e)})") from None
     with im:
         try:
+            if rgb:
+                return _to_rgb(im, path)
             if im.format in ("JPEG", "MPO") and max(im.size) > max(_JPEG_DRAFT_SIZE):
                 im.draft("L" if im.mode in ("RGB", "L") else None, _JPEG_DRAFT_SIZE)
             need = im.width * im.height * _stored_bytes(im)
@@ -311,6 +346,21 @@ def _decode(fp, path) -> np.ndarray:
             raise ImageError(path, f"too large to decode in memory ({im.size[0]}x{im.size[1]})") from None
         except Exception as e:
             raise ImageError(path, _load_reason(im, e)) from None
+
+
+def _to_rgb(im: Image.Image, path) -> Image.Image:
+    """Image mode: every pixel decoded, oriented, then Pillow's convert("RGB") (a plain gray image stays "L")."""
+    need = im.width * im.height * _stored_bytes(im)
+    if need > DECODE_BUDGET:
+        raise ImageError(path, f"too large to decode: {im.width}x{im.height} {im.mode} takes {need / 2**20:,.0f} MiB "
+                               f"decoded, over the {DECODE_BUDGET >> 20} MiB a decoding process may use, and image "
+                               "mode decodes every pixel; save it smaller")
+    im.load()
+    if _has_orientation(im):
+        _apply_orientation(im)
+    if im.mode == "L" and "transparency" not in im.info:
+        return im.copy()  # its RGB is the same level in R, G and B: to_model_pixels converts it when it must
+    return im.convert("RGB")
 
 
 def _head(fp) -> bytes:

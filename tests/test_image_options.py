@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import cli
-from toolkit.errors import EXIT_OK, EXIT_USAGE
+from toolkit.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
 onnx = pytest.importorskip("onnx")
 
@@ -189,4 +189,4 @@ def test_optimum_folder_needs_no_option(tmp_path):
         (["cat", "dog", "owl"], "stretch", [32, 32], "floor")
     (folder / "model.onnx").unlink()
     result = run("inspect", folder)
-    assert result.exit_code == EXIT_USAGE and "without model.onnx" in result.output
+    assert result.exit_code == EXIT_ERROR and "it has no model.onnx" in result.output

@@ -22,7 +22,7 @@ import math
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .flags import PreprocessFlags
 from .preprocess import INTERPOLATIONS
 
@@ -93,8 +93,8 @@ def read_model_dir(folder) -> tuple[str, PreprocessFlags]:
     folder = Path(folder)
     model = folder / MODEL_FILE
     if not model.is_file():
-        raise ConfigError(folder, f"is a folder without {MODEL_FILE}; a model folder is laid out as an Optimum "
-                                  f"export ({MODEL_FILE}, {HF_CONFIG}, {MODEL_CONFIG})")
+        raise ModelError(folder, f"is a directory, not a model file, and no model folder either: it has no "
+                                 f"{MODEL_FILE} (an Optimum-style export holds {MODEL_FILE}, {HF_CONFIG}, {MODEL_CONFIG})")
     hf, config = folder / HF_CONFIG, folder / MODEL_CONFIG
     if hf.exists():
         flags = hf_flags(read_json(hf), hf)

@@ -22,7 +22,7 @@ from PIL import Image
 from toolkit.flags import InputFacts, preprocess_from_flags
 from toolkit.model_config import read_preprocess_config
 from toolkit.predict.decode import decode_image, rgb_array
-from toolkit.preprocess import INTERPOLATIONS, PreprocessSpec, to_model_pixels
+from toolkit.preprocess import INTERPOLATIONS, PreprocessSpec, model_input, to_model_pixels
 
 torch = pytest.importorskip("torch")
 T = pytest.importorskip("torchvision.transforms")
@@ -261,4 +261,4 @@ def test_digit_spec_json_unchanged_and_old_files_read():
 def test_lookup_table_equals_normalize_in_image_mode():
     spec = image_spec(32, 32, channel_order="bgr", mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))
     pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(spec.from_table(spec.lookup_table(), pixels), spec.normalize(pixels))
+    np.testing.assert_array_equal(model_input(pixels, spec, spec.lookup_table()), spec.normalize(pixels))

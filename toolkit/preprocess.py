@@ -242,7 +242,7 @@ class PreprocessSpec:
 
     def lookup_table(self) -> np.ndarray:
         """``normalize`` of every uint8 value, (256,) or (256, C) per channel:
-        ``from_table(table, pixels)`` equals ``normalize(pixels)`` bit for bit.
+        ``model_input(pixels, spec, table)`` equals ``normalize(pixels)`` bit for bit.
 
         The same float32 operations in the same order, applied to the 256 possible inputs;
         one gather per pixel is several times cheaper than converting and dividing.
@@ -252,11 +252,6 @@ class PreprocessSpec:
             levels = np.repeat(levels[:, None], self.channels, axis=1)
         return self._values(levels)
 
-    def from_table(self, table: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-        """A batch of model pixels -> model input through ``lookup_table()`` (== ``normalize``, bit for bit)."""
-        if self.mode == "image":
-            return self.arrange(table[pixels, np.arange(self.channels)])
-        return self.arrange(table[pixels])
 
 
 MNIST = PreprocessSpec()

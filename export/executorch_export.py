@@ -50,13 +50,33 @@ def export_executorch(model, path: str | os.PathLike, contract: ModelContract) -
     return contract
 
 
+def check_pte_header(path: str | os.PathLike) -> None:
+    """ModelError unless ``path`` starts like an ExecuTorch program: a FlatBuffer whose file identifier (bytes 4-8)
+    is "ET" and two digits. Checked first because the C++ loader, given other bytes, logs them in a message
+    that its Python bindings cannot decode, and the process aborts (no exception to catch)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ModelError(path, f"cannot be read ({e.strerror})") from None
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        start = head.hex(" ") if head else "empty"
+        raise ModelError(path, f"not an ExecuTorch program (a .pte starts with a FlatBuffer identified as ET12; "
+                               f"this file starts {start})")
+
+
 def load_executorch(path: str | os.PathLike):
-    """The program's ``forward`` method, loaded by ExecuTorch's runtime; ModelError if it will not load."""
+    """The program's ``forward`` method, loaded by ExecuTorch's runtime; ModelError if it will not load.
+
+    The whole FlatBuffer is verified (Verification.InternalConsistency): with the default minimal check a
+    corrupt body after a valid header crashes the process (SIGSEGV) instead of raising."""
+    check_pte_header(path)
     try:
         with quiet_torch(), captured_stderr():
-            from executorch.runtime import Runtime
+            from executorch.runtime import Runtime, Verification
 
-            return Runtime.get().load_program(Path(path)).load_method("forward")
+            program = Runtime.get().load_program(Path(path), verification=Verification.InternalConsistency)
+            return program.load_method("forward")
     except ImportError as e:
         raise ModelError(path, f"ExecuTorch is not installed ({first_line(e)}): {INSTALL}") from None
     except Exception as e:  # a corrupt flatbuffer surfaces as RuntimeError from the C++ loader

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.atomic import atomic_path, check_writable, file_sha256, same_path
-from toolkit.contract import KEY_PREFIX
+from toolkit.contract import KEY_PREFIX, has_contract
 from toolkit.errors import ModelError, OutputError, ValidationFailed
 from toolkit.flags import PreprocessFlags
 from toolkit.inspect import identify
@@ -30,6 +30,7 @@ from .onnx_export import check_onnx, graph_opset
 DIGITS = [str(d) for d in range(10)]
 RANDOM_IMAGES = 64
 LOW_ACCURACY = 0.5  # worth a word: a digit classifier below this on MNIST is likely fed the wrong way
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: the most one serialised ONNX file (a protobuf message) may hold
 DIGIT_IMAGES = 1000  # the first MNIST test digits: enough to tell a working preprocessing from a wrong one
 
 
@@ -71,10 +72,15 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
         raise OutputError(out, "is the input model: the original is never modified, choose another --out")
     check_writable(out, force=force)
     check_onnx(source)
-    proto = onnx.load(str(source))
-    if any(p.key.startswith(KEY_PREFIX) for p in proto.metadata_props):
+    proto = onnx.load(str(source), load_external_data=False)
+    if has_contract({p.key: p.value for p in proto.metadata_props}):  # the definition predict uses
         raise ModelError(source, "already carries a toolkit contract: it needs no stamp (and no options)")
+    inline = _external_data(proto, source, out)
     predictor = Predictor.open(source, "cpu", flags=flags)  # loads in ORT, reads the graph, probes the output
+    if inline:  # only after ONNX Runtime accepted where the data files are
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(proto, str(source.parent))
     contract, spec = predictor.contract, predictor.contract.preprocess
     random_x = spec.normalize(np.random.default_rng(0).integers(0, 256, (RANDOM_IMAGES, *spec.pixel_shape),
                                                                   dtype=np.uint8))
@@ -85,9 +91,15 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
 
     contract = dataclasses.replace(contract, exporter="stamped by toolkit export", source_sha256=file_sha256(source),
                                    onnx_version=onnx.__version__, opset=graph_opset(source))
-    kept = [(p.key, p.value) for p in proto.metadata_props]
+    # Their own keys are kept; a stray toolkit.* key (not a contract, see has_contract) is kept unless the contract
+    # writes that key, and is read back as the contract's "extra", as predict reads it.
+    written = {p.key: p.value for p in proto.metadata_props}
+    written.update(contract.to_metadata())
+    contract = dataclasses.replace(contract, extra={**{k[len(KEY_PREFIX):]: v for k, v in written.items()
+                                                       if k.startswith(KEY_PREFIX)
+                                                       and k not in contract.to_metadata()}, **contract.extra})
     del proto.metadata_props[:]
-    for key, value in [*kept, *contract.to_metadata().items()]:
+    for key, value in written.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     with atomic_path(out, replace=force) as tmp:
@@ -101,6 +113,32 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
     return StampReport(source=str(source), out=str(out), classes=contract.classes, preprocess=spec.to_dict(),
                        layout=spec.layout, batch=contract.input_shape[0], output_kind=contract.output_kind,
                        random_images=RANDOM_IMAGES, digit_images=digits, digit_accuracy=accuracy)
+
+
+def _external_data(proto, source: Path, out: Path) -> bool:
+    """Whether tensors stored outside ``source`` (ONNX external data) are to be read into the copy: yes when the
+    whole model fits one protobuf (2 GB), so the copy stands alone; beyond that the copy refers to the same data
+    files, which resolve only from the same folder (they are never copied or modified), else OutputError.
+    Only sizes are looked at here; ONNX Runtime judges where the files are before anything is read."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    infos = [ExternalDataInfo(t) for t in proto.graph.initializer if uses_external_data(t)]
+    if not infos:
+        return False
+    size = proto.ByteSize()
+    for info in infos:
+        try:
+            size += int(info.length or 0) or (source.parent / info.location).stat().st_size
+        except (OSError, ValueError):  # a missing or odd location: ONNX Runtime names it when it opens the model
+            pass
+    if size < PROTOBUF_LIMIT:
+        return True
+    if not same_path(source.parent, out.parent if str(out.parent) else "."):
+        files = sorted({info.location for info in infos})
+        raise OutputError(out, f"{source} keeps {size / 1e9:.1f} GB of tensors in external data ({', '.join(files)}), "
+                               f"more than one ONNX file may hold (2 GB): stamp it beside them, e.g. --out "
+                               f"{source.with_name(out.name)}, where the copy reads the same data files")
+    return False
 
 
 def _finite(path: Path, predictor, x: np.ndarray, what: str) -> np.ndarray:

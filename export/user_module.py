@@ -125,31 +125,56 @@ def load_user_weights(model, weights: Path) -> dict:
     return obj
 
 
+DRY_BATCHES = (2, 1, 7)  # the parity gate runs random batches of 1, 2, 7 and 64; an export takes any batch size
+NUMPY_FLOATS = ("float16", "float32", "float64")  # output dtypes ONNX Runtime can hand back as numpy arrays
+
+
 def _dry_run(text: str, model, shape: tuple[int, int, int]):
-    """One batch of zeros through the model: it must take the shape and return (batch, classes)."""
+    """Batches of zeros through the model: it must take the shape at every batch size tried and return one
+    (batch, classes) float tensor of a dtype numpy has (not bfloat16)."""
     import torch
 
-    try:
-        with torch.inference_mode():
-            out = model(torch.zeros(2, *shape))
-    except Exception as e:  # whatever their forward raises for this shape
-        raise UserModuleError(text, f"the model does not run on input of shape (batch, {', '.join(map(str, shape))}) "
-                                    f"(--input-shape): {type(e).__name__}: {first_line(e)}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 or not out.is_floating_point():
-        what = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise UserModuleError(text, f"the model returns {what}; expected one float tensor of shape (batch, classes)")
+    ran: list[int] = []
+    for batch in DRY_BATCHES:
+        try:
+            with torch.inference_mode():
+                out = model(torch.zeros(batch, *shape))
+        except Exception as e:  # whatever their forward raises for this shape
+            what = f"{type(e).__name__}: {first_line(e)}"
+            if ran:
+                raise UserModuleError(text, f"the model runs at batch {', '.join(map(str, ran))} but not at batch "
+                                            f"{batch} ({what}); an exported model takes any batch size, so its "
+                                            "forward() must not depend on it") from None
+            raise UserModuleError(text, f"the model does not run on input of shape (batch, "
+                                        f"{', '.join(map(str, shape))}) (--input-shape): {what}") from None
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch \
+                or not out.is_floating_point():
+            what = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else \
+                f"a {type(out).__name__}"
+            raise UserModuleError(text, f"the model returns {what} for a batch of {batch}; expected one float "
+                                        "tensor of shape (batch, classes)")
+        dtype = str(out.dtype).removeprefix("torch.")
+        if dtype not in NUMPY_FLOATS:
+            raise UserModuleError(text, f"the model returns {dtype}, which numpy and ONNX Runtime's Python API cannot "
+                                        "hand back: end forward() with .float()")
+        ran.append(batch)
     return out
 
 
-def _output_kind(model, spec) -> str:
+def _output_kind(text: str, model, spec) -> str:
     """"probabilities" when the model already ends in a softmax (predict must not apply another)."""
     import numpy as np
     import torch
 
     from toolkit.graph import outputs_are_probabilities, probe_pixels
 
-    with torch.inference_mode():
-        out = model(torch.from_numpy(spec.normalize(probe_pixels(spec.pixel_shape)))).numpy()
+    pixels = probe_pixels(spec.pixel_shape)
+    try:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(spec.normalize(pixels))).numpy()
+    except Exception as e:  # their forward, at the probe's batch size
+        raise UserModuleError(text, f"the model does not run on a batch of {len(pixels)} probe images "
+                                    f"({type(e).__name__}: {first_line(e)})") from None
     return "probabilities" if outputs_are_probabilities(np.asarray(out)) else "logits"
 
 
@@ -175,5 +200,6 @@ def load_module(text: str, weights: str | os.PathLike, input_shape: tuple[int, i
     config = ModuleConfig(spec=text, input_shape=input_shape, num_classes=int(out.shape[1]), flops=flops,
                           parameters=sum(p.numel() for p in model.parameters()))
     loaded = LoadedCheckpoint(path=weights, sha256=file_sha256(weights), kind="module", state_dict=state_dict,
-                              config=config, preprocess=spec, classes=classes, output_kind=_output_kind(model, spec))
+                              config=config, preprocess=spec, classes=classes,
+                              output_kind=_output_kind(text, model, spec))
     return loaded, model

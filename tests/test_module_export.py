@@ -346,7 +346,9 @@ def test_output_width_other_than_the_labels_is_refused(user_pkg, good_weights):
     (["model.pth", "--scale", "1"], "--scale describe an ONNX file to stamp"),
     (["model.pth", "--polarity", "dark-on-light"], "--polarity describe an ONNX file to stamp"),
 ])
-def test_usage_errors(args, expected):
+def test_usage_errors(args, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"w": torch.zeros(2)}, "model.pth")  # a checkpoint by content: export identifies it first
     result = _bad(*args)
     assert result.exit_code == EXIT_USAGE and expected in result.output
 

@@ -7,6 +7,8 @@ from toolkit.export.defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8
 from .options import CommaList, FiniteFloat, data_dir_option, force_option, preprocess_options
 
 NAMES = (*FORMATS, *VARIANTS, "all")  # int8 is the --int8 variant, named like a format
+# What only an export does; given with a stamp (an ONNX file with --out) they are refused, not ignored.
+EXPORT_ONLY = ("out_dir", "formats", "onnx_exporter", "opset", "atol", "rtol", "int8", "int8_max_drop")
 
 
 def _module_spec(ctx, param, value):
@@ -111,28 +113,10 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     --std 0.5 builds the network with your factory (your code runs),
     loads the weights and goes through the same exporters and parity gate.
     """
-    from toolkit.export.stamp import is_onnx
-
     _check_sources(checkpoint, module, weights, input_shape, out, flags)
-    # An ONNX file alone goes to the checkpoint loader, which names what it is (exit 1, as before stamping existed).
-    if module is None and (out is not None or flags.given) and is_onnx(checkpoint):
-        from toolkit.export.stamp import render, stamp_onnx
-
-        if out is None or flags.missing:
-            raise click.UsageError("stamping an ONNX file needs " + ", ".join(
-                [o for o in flags.missing] + (["--out FILE"] if out is None else [])))
-        click.echo(render(stamp_onnx(checkpoint, flags, out, force=force, data_dir=data_dir)))
-        click.echo(f"wrote {out}")
+    if module is None and (out is not None or flags.given):
+        _stamp_or_refuse(checkpoint, out, flags, force, data_dir)
         return
-    if out is not None:
-        raise click.UsageError("--out is for stamping an ONNX file; a checkpoint's files go to --out-dir")
-    if module is None and flags.given:
-        # A checkpoint carries its classes and preprocessing; options that would be ignored are refused instead.
-        from toolkit.flags import OPTION_NAMES
-
-        named = ", ".join(o for n, o in OPTION_NAMES.items() if getattr(flags, n) is not None)
-        raise click.UsageError(f"{named} describe an ONNX file to stamp (with --out) or a --module "
-                               f"network; {checkpoint} carries its own classes and preprocessing")
     from toolkit.export.pipeline import export_checkpoint
     from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed
@@ -166,6 +150,39 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     for r in report.formats.values():
         click.echo(f"wrote {r.file}")
     click.echo(f"wrote {report.report_file}")
+
+
+def _stamp_or_refuse(checkpoint, out, flags, force, data_dir) -> None:
+    """--out or preprocessing options with CHECKPOINT: stamp it if it is an ONNX model; else say what it is
+    (identified by its content, toolkit.inspect.identify: missing, empty, text, an image, a checkpoint...)."""
+    from toolkit.flags import OPTION_NAMES
+    from toolkit.inspect import MODEL_KINDS, identify
+
+    kind = identify(checkpoint, expected="an ONNX model to stamp")  # ModelError (exit 1) naming what it is
+    if kind == "onnx":
+        from toolkit.export.stamp import render, stamp_onnx
+
+        if out is None or flags.missing:
+            raise click.UsageError("stamping an ONNX file needs " + ", ".join(
+                [o for o in flags.missing] + (["--out FILE"] if out is None else [])))
+        ctx = click.get_current_context()
+        ignored = [p.opts[0] for p in ctx.command.params if p.name in EXPORT_ONLY
+                   and ctx.get_parameter_source(p.name) is not click.core.ParameterSource.DEFAULT]
+        if ignored:  # never silently ignored: the stamp writes one file, the one --out names
+            raise click.UsageError(f"{', '.join(ignored)} apply to exporting a checkpoint or a --module network; "
+                                   f"stamping {checkpoint} writes only the copy --out names")
+        click.echo(render(stamp_onnx(checkpoint, flags, out, force=force, data_dir=data_dir)))
+        click.echo(f"wrote {out}")
+        return
+    what = f"{checkpoint} is {MODEL_KINDS[kind]}, not an ONNX model"
+    if kind != "checkpoint":
+        raise click.UsageError(f"{what}: only ONNX files are stamped, and export takes a .pth checkpoint")
+    if out is not None:
+        raise click.UsageError(f"{what}: --out is for stamping an ONNX file; a checkpoint's files go to --out-dir")
+    # A checkpoint carries its classes and preprocessing; options that would be ignored are refused instead.
+    named = ", ".join(o for n, o in OPTION_NAMES.items() if getattr(flags, n) is not None)
+    raise click.UsageError(f"{what}: {named} describe an ONNX file to stamp (with --out) or a --module network; "
+                           "a checkpoint carries its own classes and preprocessing")
 
 
 def _check_sources(checkpoint, module, weights, input_shape, out, flags) -> None:

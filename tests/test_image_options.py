@@ -145,7 +145,7 @@ def write_json(path: Path, data) -> Path:
     ({**VIT, "size": {"shortest_edge": 32, "longest_edge": 64}}, "longest_edge"),
     ({**VIT, "resample": 7}, "resample 7"),
     ({**VIT, "do_resize": False}, "do_resize is not true"),
-    ({**VIT, "size": {"height": 48, "width": 48}}, "describes 3x48x48"),
+    ({**VIT, "size": {"height": 48, "width": 48}}, "describes Cx48x48"),
     ("{not json", "is not valid JSON"),
     ([1, 2], "holds a JSON list"),
     ({"foo": 1}, "is neither a Hugging Face"),

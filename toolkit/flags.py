@@ -294,9 +294,11 @@ def preprocess_from_flags(path, flags: PreprocessFlags | None, facts: InputFacts
     common = dict(height=facts.height, width=facts.width, pixel_scale=DEFAULT_SCALE if flags.scale is None else flags.scale,
                   mean=_per_channel(path, flags.mean, "mean", facts.channels),
                   std=_per_channel(path, flags.std, "std", facts.channels), layout=facts.layout, channels=facts.channels)
-    if flags.input_size is not None and tuple(flags.input_size) != (facts.channels, facts.height, facts.width):
-        raise FlagsMismatch(path, f"{flags.source} describes {'x'.join(map(str, flags.input_size))} (C x H x W) input "
-                                  f"but the graph takes {facts.channels}x{facts.height}x{facts.width}")
+    if flags.input_size is not None and any(want not in (None, got) for want, got in
+                                            zip(flags.input_size, (facts.channels, facts.height, facts.width))):
+        described = "x".join("C" if v is None else str(v) for v in flags.input_size)
+        raise FlagsMismatch(path, f"{flags.source} describes {described} (C x H x W) input but the graph takes "
+                                  f"{facts.channels}x{facts.height}x{facts.width}")
     try:
         spec = PreprocessSpec(polarity=flags.polarity or DEFAULT_POLARITY, **common) if flags.mode == "digit" else \
             PreprocessSpec(mode="image", fit=flags.fit or "crop", resize=flags.resize, crop_pct=flags.crop_pct,

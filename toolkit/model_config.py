@@ -253,9 +253,9 @@ def hf_flags(data: dict, path) -> PreprocessFlags:
 
 
 def _flags(values: dict) -> PreprocessFlags:
-    """Config values -> flags; the model size they were made for goes in ``input_size`` (checked with the graph):
-    Hugging Face's image processors give RGB, 3 channels."""
-    values["input_size"] = (3, values.pop("height"), values.pop("width"))
+    """Config values -> flags; the model size they were made for goes in ``input_size`` (checked with the graph;
+    the channel count is the graph's: a processor's config does not state it)."""
+    values["input_size"] = (None, values.pop("height"), values.pop("width"))
     return PreprocessFlags(**values)
 
 

@@ -300,6 +300,14 @@ def is_blank(pixels: np.ndarray) -> np.ndarray | bool:
     return a.reshape(len(a), -1).max(axis=1) < INK_MIN if a.ndim >= 3 else bool(a.max() < INK_MIN)
 
 
+def blank_images(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Per image of a batch of model pixels: no ink, so no label. A digit-pipeline notion (``is_blank``); an
+    image model classifies every image, a uniform one too."""
+    if spec.mode == "digit":
+        return is_blank(pixels)
+    return np.zeros(len(pixels), dtype=bool)
+
+
 def model_input(pixels: np.ndarray, spec: PreprocessSpec, table: np.ndarray | None = None) -> np.ndarray:
     """A batch of model pixels, uint8 (N, H, W) or (N, H, W, C), -> the float32 tensor the model takes.
 
@@ -342,8 +350,12 @@ def to_model_pixels(decoded, spec: PreprocessSpec = MNIST) -> np.ndarray:
 def describe_image(spec: dict) -> str:
     """An image-mode spec's dict (as a contract stores it) in one line, as a user would say it."""
     resize = spec["resize"]
-    how = {"crop": f"shorter side to {resize}, centre crop", "stretch": f"stretch to {resize[0]}x{resize[1]}",
-           "letterbox": f"fit in {resize[0]}x{resize[1]}, pad {','.join(map(str, spec['pad_value']))}"}[spec["fit"]]
+    if spec["fit"] == "crop":
+        how = f"shorter side to {resize}, centre crop"
+    elif spec["fit"] == "stretch":
+        how = f"stretch to {resize[0]}x{resize[1]}"
+    else:
+        how = f"fit in {resize[0]}x{resize[1]}, pad {','.join(map(str, spec['pad_value']))}"
     if spec["fit"] != "crop" and tuple(resize) != (spec["height"], spec["width"]):
         how += ", centre crop"
     pct = f", crop_pct {spec['crop_pct']:g}" if spec.get("crop_pct") is not None else ""

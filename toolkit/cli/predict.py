@@ -129,9 +129,6 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     from toolkit.text import printable
 
     _refuse_shared_paths(paths, output, confusion)
-    if flags.mode == "image":  # until the decoding workers hand over colour pixels (issue 18, with the predict rework)
-        raise click.UsageError("--preprocess image: predict does not run the image pipeline yet (inspect, export "
-                               "and draw do)")
     if engine != "ray" and address is not None:
         raise click.UsageError("--address joins a Ray cluster: it needs --engine ray")
     if engine != "ray" and (uris := [p for p in paths if "://" in p]):

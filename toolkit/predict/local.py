@@ -13,7 +13,8 @@ Start-up order: the workers are forked first, while this process has no onnxrunt
 process that runs ORT's thread pools is not safe), and start decoding at once; then ORT is imported, the
 session built and its contract read through ORT's metadata map, and the preprocessing it names is
 announced to the workers (an Event and shared memory). Only the images decoded meanwhile wait, as gray
-levels, to be normalised. Measured with `toolkit predict` over 10,000 MNIST PNGs on the 2-core build
+levels (or RGB images, when the options already say --preprocess image), to be normalised; one decoded for
+the other pipeline than the model's is decoded again. Image mode hands over (n, H, W, C) uint8 pixels. Measured with `toolkit predict` over 10,000 MNIST PNGs on the 2-core build
 machine (medians of 5-6 runs): 1.10 s this way; 1.21-1.29 s when the workers got their first chunks only
 once the session was open; 1.59 s with a forkserver pool, which would let ORT be imported at any time but
 whose workers re-import numpy and Pillow.
@@ -34,8 +35,8 @@ import numpy as np
 
 from ..errors import ImageError, WorkerDied
 from ..machine import usable_cpus
-from ..preprocess import PreprocessSpec, is_blank, model_input, to_model_pixels
-from .decode import bombs_refused, read_gray_unguarded
+from ..preprocess import PreprocessSpec, blank_images, model_input, to_model_pixels
+from .decode import bombs_refused, read_image_unguarded
 from .inputs import collect
 from .output import check_output
 from .results import Batch
@@ -61,46 +62,56 @@ def _announced_spec(wait: bool) -> PreprocessSpec | None:
     return PreprocessSpec.from_dict(json.loads(spec_json.value))
 
 
-def decode_chunk(paths: list[str], spec: PreprocessSpec | None):
+def decode_chunk(paths: list[str], spec: PreprocessSpec | None, mode: str = "digit"):
     """(positions decoded, their model pixels as one uint8 array (n, ...), [(position, reason)] for the rest).
 
-    ``spec`` None (in a worker): decode now, normalise once the parent announces the spec; only
-    the images decoded while its session opens wait as gray levels.
+    ``spec`` None (in a worker): decode now for the pipeline ``mode`` (the options' guess), normalise once the
+    parent announces the spec; only the images decoded while its session opens wait, decoded.
     """
     ok: list[int] = []
     pixels: list[np.ndarray] = []
     bad: list[tuple[int, str]] = []
-    held: list[tuple[int, np.ndarray]] = []
+    held: list[tuple[int, str, object]] = []  # (position, the mode it was decoded for, decoded image)
     with bombs_refused():
         for i, path in enumerate(paths):
-            try:
-                held.append((i, read_gray_unguarded(path)))
-            except ImageError as e:
-                bad.append((i, e.reason))
-            except Exception as e:  # one odd file must never end a run over thousands
-                bad.append((i, f"could not be processed ({type(e).__name__}: {e})"))
+            mode = spec.mode if spec is not None else mode
+            _decoded(paths, i, mode, held, bad)
             spec = spec or _announced_spec(wait=False)
             if spec is not None:
-                _normalise(held, spec, (ok, pixels, bad))
-    spec = spec or _announced_spec(wait=True)
-    _normalise(held, spec, (ok, pixels, bad))
-    stacked = np.stack(pixels) if pixels else np.zeros((0, spec.height, spec.width), dtype=np.uint8)
+                _normalise(paths, held, spec, (ok, pixels, bad))
+        spec = spec or _announced_spec(wait=True)
+        _normalise(paths, held, spec, (ok, pixels, bad))
+    stacked = np.stack(pixels) if pixels else np.zeros((0, *spec.pixel_shape), dtype=np.uint8)
     return ok, stacked, sorted(bad)
 
 
-def _normalise(held, spec, into) -> None:
-    """Move the ``held`` gray levels into ``into`` = (ok, pixels, bad) as model pixels (or as reasons)."""
+def _decoded(paths: list[str], i: int, mode: str, held, bad) -> None:
+    """Decode ``paths[i]`` for ``mode`` into ``held``, or its reason into ``bad``."""
+    try:
+        held.append((i, mode, read_image_unguarded(paths[i], mode)))
+    except ImageError as e:
+        bad.append((i, e.reason))
+    except Exception as e:  # one odd file must never end a run over thousands
+        bad.append((i, f"could not be processed ({type(e).__name__}: {e})"))
+
+
+def _normalise(paths, held, spec, into) -> None:
+    """Move the ``held`` decoded images into ``into`` = (ok, pixels, bad) as model pixels (or as reasons); one
+    decoded for the other pipeline (before the spec was known) is decoded again for the model's."""
     ok, pixels, bad = into
-    for i, gray in held:
+    while held:
+        i, mode, decoded = held.pop(0)
+        if mode != spec.mode:
+            _decoded(paths, i, spec.mode, held, bad)
+            continue
         try:
-            pixels.append(to_model_pixels(gray, spec))
+            pixels.append(to_model_pixels(decoded, spec))
             ok.append(i)
         except Exception as e:
             bad.append((i, f"could not be processed ({type(e).__name__}: {e})"))
-    held.clear()
 
 
-def _worker(files, pipes, announced, parent: int) -> None:
+def _worker(files, pipes, announced, parent: int, mode: str) -> None:
     """A decoding process: reads (start, stop) chunks of ``files`` from its task pipe until told to stop."""
     global _announced
     _announced = announced
@@ -121,7 +132,7 @@ def _worker(files, pipes, announced, parent: int) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # blocked by the parent around the fork
     try:
         while (task := tasks.recv()) is not None:
-            results.send(decode_chunk(files[task[0]:task[1]], None))
+            results.send(decode_chunk(files[task[0]:task[1]], None, mode))
     except (EOFError, OSError):  # the parent is gone or stopped reading
         pass
 
@@ -138,8 +149,9 @@ class Decoder:
 
     AHEAD = 4
 
-    def __init__(self, files: list[str], workers: int):
-        self.files, self.spec = files, None
+    def __init__(self, files: list[str], workers: int, mode: str = "digit"):
+        """``mode``: the pipeline the workers decode for until the model's spec is announced (the options' guess)."""
+        self.files, self.spec, self.mode = files, None, mode
         self.size = max(8, min(MAX_CHUNK, math.ceil(len(files) / max(1, workers * self.AHEAD))))
         self.starts = range(0, len(files), self.size)
         self.workers: list[tuple] = []  # (process, task sender, result receiver)
@@ -156,7 +168,7 @@ class Decoder:
                 task_recv, task_send = ctx.Pipe(duplex=False)
                 result_recv, result_send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_worker, daemon=True, args=(
-                    files, (task_recv, result_send), (self.spec_ready, self.spec_json), os.getpid()))
+                    files, (task_recv, result_send), (self.spec_ready, self.spec_json), os.getpid(), mode))
                 proc.start()
                 # Only the worker keeps its ends: when it dies, reading its results gives EOF at once.
                 task_recv.close()
@@ -260,7 +272,9 @@ class LocalEngine:
                                 f"{usable_cpus()} usable): more decoding processes only contend for the same cores")
             workers = cap
         # Forked before ORT is imported; killed, never awaited, however the run ends.
-        self.decoder = Decoder(files, workers if len(files) > 1 else 0)
+        flags = options.flags
+        guess = flags.mode if flags is not None and flags.given else "digit"
+        self.decoder = Decoder(files, workers if len(files) > 1 else 0, guess)
         stack.callback(self.decoder.close)
         # With decoding workers on every core, more ORT threads only contend with them: one
         # thread per four cores measured faster than ORT's default on the 2-core build machine.
@@ -279,7 +293,7 @@ class LocalEngine:
         table = spec.lookup_table()
 
         def run(picked: list[int], pixels: np.ndarray) -> Batch:
-            return Batch(picked, predictor.logits(model_input(pixels, spec, table)), is_blank(pixels))
+            return Batch(picked, predictor.logits(model_input(pixels, spec, table)), blank_images(pixels, spec))
 
         pending: list[int] = []  # file indices decoded but not yet predicted
         held: list[np.ndarray] = []

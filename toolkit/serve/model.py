@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ToolkitError
-from ..preprocess import is_blank
+from ..preprocess import blank_images
 from ..runtime import Predictor, non_finite_rows
 from .batcher import Batcher, QueueFull, Stopped, warm, warm_sizes
 from .metrics import ModelStats
@@ -127,7 +127,7 @@ class ServedModel:
     @staticmethod
     def _example(predictor: Predictor) -> np.ndarray:
         spec = predictor.contract.preprocess
-        return spec.normalize(np.zeros((1, spec.height, spec.width), dtype=np.uint8))
+        return spec.normalize(np.zeros((1, *spec.pixel_shape), dtype=np.uint8))
 
     # ------------------------------------------------------------ protocol
 
@@ -161,7 +161,7 @@ class ServedModel:
             _check_rows(tensor.shape[0])
             pixels = await self.prepare_images(tensor.data, predictor)
             x = predictor.contract.preprocess.normalize(pixels)
-            blank = is_blank(pixels)
+            blank = blank_images(pixels, predictor.contract.preprocess)
             default = IMAGE_OUTPUTS
         else:
             x = self._tensor_input(tensor, contract)
@@ -226,11 +226,11 @@ class ServedModel:
     # ------------------------------------------------------------ images
 
     async def prepare_images(self, files: list[bytes], predictor: Predictor) -> np.ndarray:
-        """Model pixels (N, H, W) uint8 for encoded image files, decoded in the decode pool."""
+        """Model pixels (N, *spec.pixel_shape) uint8 for encoded image files, decoded in the decode pool."""
         loop = asyncio.get_running_loop()
         spec = predictor.contract.preprocess
         jobs = [loop.run_in_executor(self.decode_pool, _prepare_one, data, spec, i) for i, data in enumerate(files)]
-        return np.stack(await asyncio.gather(*jobs)) if jobs else np.zeros((0, spec.height, spec.width), np.uint8)
+        return np.stack(await asyncio.gather(*jobs)) if jobs else np.zeros((0, *spec.pixel_shape), np.uint8)
 
     async def classify(self, data: bytes, view: bool, timeout_s: float | None = None) -> dict:
         """The plain image route: one encoded file -> label, confidence, probabilities as `toolkit predict` writes them."""
@@ -244,7 +244,7 @@ class ServedModel:
         if non_finite_rows(outputs):
             raise ProtocolError(f"model {self.name!r}: its output is not finite (NaN or Inf) for this image", 500)
         probs, top = score(outputs, predictor.contract.output_kind, len(classes))
-        blank = is_blank(pixels)
+        blank = blank_images(pixels, predictor.contract.preprocess)
         cols = row_columns([""], [None], probs, top, blank, classes)
         answer = {"model_name": self.name, "label": cols["label"][0], "confidence": cols["confidence"][0],
                   "probabilities": None if blank[0] else _in_class_order(cols, classes),

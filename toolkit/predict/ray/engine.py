@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from ...errors import ImageError
-from ...preprocess import PreprocessSpec, is_blank, model_input, to_model_pixels
+from ...preprocess import PreprocessSpec, blank_images, model_input, to_model_pixels
 from ..decode import bombs_refused
 from ..local import decode_chunk
 from ..output import PARQUET, check_output
@@ -45,7 +45,7 @@ def decode_batch(batch: dict, spec_json: str, roots: list[str]) -> dict:
     paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
     sources = batch["source"]
     n = len(paths)
-    pixels = np.zeros((n, spec.height, spec.width), dtype=np.uint8)
+    pixels = np.zeros((n, *spec.pixel_shape), dtype=np.uint8)
     reasons = [""] * n
     if (sources < 0).all():  # local files: the very loop the local engine's workers run
         ok, decoded, bad = decode_chunk(paths, spec)
@@ -62,7 +62,7 @@ def decode_batch(batch: dict, spec_json: str, roots: list[str]) -> dict:
                             raise ImageError(path, bad[0][1])
                         pixels[i] = decoded[0]
                     else:
-                        pixels[i] = to_model_pixels(read_uri(roots[source], path), spec)
+                        pixels[i] = to_model_pixels(read_uri(roots[source], path, spec.mode), spec)
                 except ImageError as e:
                     reasons[i] = e.reason
                 except Exception as e:  # one odd file must never end a run over thousands
@@ -104,7 +104,7 @@ class ModelActor:
         if ok.any():
             pixels = batch["pixels"][ok]
             logits[ok] = self.predictor.logits(model_input(pixels, self.spec, self.table))
-            blank[ok] = is_blank(pixels)
+            blank[ok] = blank_images(pixels, self.spec)
         return {"index": batch["index"], "logits": logits, "blank": blank, "reason": batch["reason"],
                 **_carried(batch)}
 

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from ...errors import ImageError
-from ..decode import IMAGE_SUFFIXES, decode_gray
+from ..decode import IMAGE_SUFFIXES, decode_image
 from ..inputs import Inputs, collect
 
 
@@ -102,7 +102,8 @@ def _parent(uri: str) -> str:
 _filesystems: dict[str, tuple] = {}
 
 
-def read_uri(root: str, path: str) -> np.ndarray:
+def read_uri(root: str, path: str, mode: str = "digit"):
+    """The object at ``path`` (under ``root``) decoded for the pipeline ``mode`` (decode.decode_image)."""
     import pyarrow.fs as pafs
 
     if root not in _filesystems:
@@ -115,4 +116,4 @@ def read_uri(root: str, path: str) -> np.ndarray:
             data = f.read()
     except (OSError, ValueError) as e:
         raise ImageError(path, f"cannot read ({e})") from None
-    return decode_gray(data, path)
+    return decode_image(data, mode, path)

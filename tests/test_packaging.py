@@ -86,3 +86,10 @@ def test_editable_install_imports_no_top_level_train_or_export(tmp_path):
     if not any(u.get("dir_info", {}).get("editable") for u in urls):
         pytest.skip("this environment holds a regular install of toolkit (the wheel test covers it)")
     _check_namespace(tmp_path, None, str(ROOT))
+
+
+def test_wheel_holds_the_serve_page(wheel):
+    """`toolkit serve`'s page (GET /) is package data: without it an installed server has no page."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("index.html", "pad.css", "pad.js"):
+        assert f"toolkit/serve/page/{name}" in names, name

@@ -10,7 +10,9 @@ grpc.aio; another host (Ray Serve, issue 21) can mount the same ASGI callable. R
   POST /v2/models/NAME[/versions/V]/infer          JSON or binary tensor data extension
   POST /v2/models/NAME/classify[?view=1]           the body is one encoded image file
   GET  /metrics                                    Prometheus text format
-``GET /`` is left free (the drawing pad page of issue 21). No route reads a path from the request.
+  GET  /, /page/pad.css, /page/pad.js              the browser page (toolkit.serve.page), no token needed
+  GET  /page/models                                what the page shows of each model
+No route reads a file path from the request.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import orjson
 from .. import __version__
 from .metrics import registry_for
 from .model import ServedModel, timed
+from .page import MODELS_ROUTE, models_info, static_file
 from .protocol import ProtocolError, encode_infer, parse_infer
 
 log = logging.getLogger("toolkit.serve")
@@ -156,9 +159,13 @@ class ServeApp:
         if path == "/v2/health/ready":
             ready = self.ready
             return (200 if ready else 503), orjson.dumps({"ready": ready}), list(JSON)
+        if method == "GET" and (page := static_file(path)) is not None:
+            return page  # static, no model data: a browser opening the URL cannot send a token (see page.py)
         headers = dict(scope["headers"])
         if not self.authorized(headers.get(b"authorization")):
             raise ProtocolError("missing or wrong bearer token (Authorization: Bearer TOKEN)", 401)
+        if path == MODELS_ROUTE and method == "GET":
+            return 200, orjson.dumps(models_info(self.models.values())), list(JSON)
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

@@ -209,7 +209,7 @@ def _encoded(im: Image.Image, fmt: str, **kw) -> bytes:
 
 @pytest.mark.parametrize("mode,fmt", [("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"),
                                       ("CMYK", "TIFF"), ("I;16", "PNG"), ("L", "PNG"), ("1", "PNG"), ("RGB", "WEBP"),
-                                      ("F", "TIFF")])
+                                      ("F", "TIFF"), ("RGB", "PNG")])
 def test_decode_equals_pillow_convert_rgb(mode, fmt):
     """Every mode decodes to what Pillow's convert("RGB") gives (alpha dropped, palette expanded, CMYK and
     16-bit as Pillow converts them): what torchvision's ImageFolder and Hugging Face feed their models."""
@@ -227,6 +227,16 @@ def test_decode_equals_pillow_convert_rgb(mode, fmt):
     data = _encoded(im, fmt, **({"transparency": 3} if mode == "P" and fmt == "PNG" else {}))
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     np.testing.assert_array_equal(rgb_array(decode_image(data, "image")), expected)
+
+
+def test_large_rgb_png_from_a_file_equals_pillow(tmp_path):
+    """An 8-bit RGB PNG over 256 kB is read whole and decoded by libspng: the very pixels Pillow gives."""
+    from toolkit.predict.decode import read_image
+
+    path = tmp_path / "big.png"
+    photo(600, 800, seed=6).save(path)
+    assert path.stat().st_size > 256 * 1024
+    np.testing.assert_array_equal(rgb_array(read_image(path, "image")), np.asarray(Image.open(path).convert("RGB")))
 
 
 def test_decode_applies_exif_orientation():

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from toolkit.errors import ImageError
-from toolkit.predict.decode import _plain_gray_png, decode_gray, read_gray
+from toolkit.predict.decode import _plain_png, decode_gray, read_gray
 from toolkit.preprocess import MNIST, is_mnist_formatted, to_model_pixels
 
 
@@ -45,7 +45,7 @@ def digit(mnist):
 def test_fast_path_gives_pillows_pixels_on_mnist_pngs(digits):
     for a in digits:
         data = encode(Image.fromarray(a), "PNG")
-        fast = _plain_gray_png(data)
+        fast = _plain_png(data)
         assert fast is not None, "an 8-bit gray PNG must take the fast path"
         assert np.array_equal(fast, pillow_gray(data))
         assert np.array_equal(decode_gray(data), a)
@@ -59,7 +59,7 @@ def test_fast_path_matches_pillow_on_odd_sizes_and_settings(size, options):
     h, w = size[1], size[0]
     a = (np.add.outer(np.arange(h), np.arange(w)) * 3 + rng.integers(0, 40, (h, w))).astype(np.uint8)
     data = encode(Image.fromarray(a), "PNG", **options)
-    assert np.array_equal(_plain_gray_png(data), a)
+    assert np.array_equal(_plain_png(data), a)
     assert np.array_equal(decode_gray(data), a)
 
 
@@ -71,9 +71,9 @@ def test_text_chunks_and_gamma_do_not_change_the_pixels(digit):
     info.add_text("Comment", "drawn by hand")
     info.add_text("Long", "x" * 5000, zip=True)
     data = encode(Image.fromarray(digit), "PNG", pnginfo=info, dpi=(300, 300))
-    assert _plain_gray_png(data) is None
+    assert _plain_png(data) is None
     assert np.array_equal(decode_gray(data), digit)
-    assert np.array_equal(_plain_gray_png(encode(Image.fromarray(digit), "PNG", dpi=(300, 300))), digit)
+    assert np.array_equal(_plain_png(encode(Image.fromarray(digit), "PNG", dpi=(300, 300))), digit)
 
 
 @pytest.mark.parametrize("case", ["rgb", "palette", "16bit", "transparency", "exif", "bad-ihdr-crc", "no-iend"])
@@ -97,7 +97,7 @@ def test_fast_path_declines_and_pillow_decides(digit, case):
         data = bytes(data)
     else:
         data = encode(im, "PNG")[:-12]
-    assert _plain_gray_png(data) is None or case == "no-iend"  # libspng, like Pillow, needs no IEND
+    assert _plain_png(data) is None or case == "no-iend"  # libspng, like Pillow, needs no IEND
     got = _judged_like_pillow(data)
     if got is not None and case in ("rgb", "palette", "16bit", "exif", "no-iend"):
         assert np.array_equal(got, digit)
@@ -139,7 +139,7 @@ def test_only_a_bad_zlib_checksum_is_judged_differently(digit):
 def test_truncated_gray_png_is_refused_by_both_decoders(digit):
     data = encode(Image.fromarray(digit), "PNG")
     cut = data[:len(data) // 2]
-    assert _plain_gray_png(cut) is None
+    assert _plain_png(cut) is None
     with pytest.raises(ImageError, match="truncated"):
         decode_gray(cut)
 

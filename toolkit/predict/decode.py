@@ -37,7 +37,7 @@ rules below on transparency, 16-bit scaling and reduction are digit mode's.
 The dominant input, a small plain 8-bit gray PNG (what MNIST exports look like), is
 decoded by libspng (pyspng, 0.4 MB installed): Pillow's PNG plugin spends five times as long
 in Python on such a file. Only files whose pixels cannot differ from Pillow's take that
-path (see ``_plain_gray_png``); everything else, and anything libspng refuses, is Pillow's.
+path (see ``_plain_png``); everything else, and anything libspng refuses, is Pillow's.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ _EXIF_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "TIFF", "PNG"})
 _ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 # Files up to this size are read whole (and may take the pyspng path); larger ones are streamed by Pillow.
 _WHOLE_READ = 256 * 1024
+# Image mode reads a PNG up to this size whole, so that a plain 8-bit RGB one can take libspng's path.
+_WHOLE_READ_RGB_PNG = 64 << 20
 # Large JPEGs are decoded at a reduced DCT scale: the digit ends up 20x20 pixels anyway.
 _JPEG_DRAFT_SIZE = (1024, 1024)
 # Larger images are box-averaged to about a million pixels (a factor of 2 or more) while turned gray.
@@ -160,7 +162,8 @@ def read_image_unguarded(path: str | os.PathLike, mode: str = "digit"):
         # Unbuffered, sized by fstat: a buffered reader, or a read into an oversized buffer (an mmap
         # per file), costs about as much as decoding a small PNG.
         with open(path, "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size <= _WHOLE_READ:
+            size = os.fstat(f.fileno()).st_size
+            if size <= _WHOLE_READ or (rgb and size <= _WHOLE_READ_RGB_PNG and path.lower().endswith(".png")):
                 return _decode_bytes(f.read(), path, rgb)
             return _decode(io.BufferedReader(f), path, rgb)
     except IsADirectoryError:
@@ -276,30 +279,35 @@ _PNG_IHDR = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"
 _PILLOW_ONLY_CHUNKS = (b"tRNS", b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"acTL")
 
 
-def _plain_gray_png(data: bytes) -> np.ndarray | None:
-    """libspng's pixels for an 8-bit gray, non-interlaced PNG that Pillow would show as they are; else None.
+def _plain_png(data: bytes, rgb: bool = False) -> np.ndarray | None:
+    """libspng's pixels for an 8-bit gray (``rgb``: or RGB), non-interlaced PNG that Pillow would show as they
+    are; else None. RGB ones are (H, W, 3), exactly Pillow's (measured 4.6 ms against Pillow's 5.8 ms for 800x600).
 
     libspng does not check the IHDR's CRC (Pillow refuses such a file), so that is checked here.
     One difference remains: libspng ignores the zlib stream's final Adler-32 checksum, so a file
     damaged only there is accepted with its intact pixels, where Pillow refuses it.
     """
     # depth 8, colour type 0 (gray), compression 0, filter 0, interlace 0
-    if pyspng is None or not data.startswith(_PNG_IHDR) or data[24:29] != b"\x08\x00\x00\x00\x00":
+    colour = data[25:26]
+    if pyspng is None or not data.startswith(_PNG_IHDR) or data[24:25] != b"\x08" or data[26:29] != b"\x00\x00\x00" \
+            or colour not in ((b"\x00", b"\x02") if rgb else (b"\x00",)):
         return None
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
-        return None  # Pillow's bomb rule decides
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS or \
+            width * height * (3 if colour == b"\x02" else 1) > DECODE_BUDGET:
+        return None  # Pillow's bomb rule and the decode budget decide
     if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big") or any(c in data for c in _PILLOW_ONLY_CHUNKS):
         return None
     try:
         pixels = pyspng.load(data)
     except Exception:  # truncated or corrupt: Pillow's path names the problem
         return None
-    return pixels if pixels.shape == (height, width) and pixels.dtype == np.uint8 else None
+    want = (height, width, 3) if colour == b"\x02" else (height, width)
+    return pixels if pixels.shape == want and pixels.dtype == np.uint8 else None
 
 
 def _decode_bytes(data: bytes, path, rgb: bool = False):
-    pixels = _plain_gray_png(data)
+    pixels = _plain_png(data, rgb)
     if pixels is None:
         return _decode(io.BytesIO(data), path, rgb)
     return Image.fromarray(pixels) if rgb else pixels
@@ -316,7 +324,8 @@ def _decode(fp, path, rgb: bool = False):
         if "truncated" in str(e).lower():
             raise ImageError(path, "truncated file: it ends inside the image header") from None
         raise ImageError(path, f"damaged image header ({_describe(e)})") from None
-    with im:
+    # Image mode returns the loaded image itself (closing it would free its pixels); the caller closes the file.
+    with contextlib.nullcontext(im) if rgb else im:
         try:
             if rgb:
                 return _to_rgb(im, path)
@@ -358,8 +367,10 @@ def _to_rgb(im: Image.Image, path) -> Image.Image:
     im.load()
     if _has_orientation(im):
         _apply_orientation(im)
-    if im.mode == "L" and "transparency" not in im.info:
-        return im.copy()  # its RGB is the same level in R, G and B: to_model_pixels converts it when it must
+    if im.mode in ("L", "RGB") and "transparency" not in im.info:
+        # Already what convert("RGB") would give (a gray level stands for itself in R, G and B, converted by
+        # to_model_pixels when it must): returned without convert's copy of every pixel.
+        return im
     return im.convert("RGB")
 
 

@@ -29,6 +29,7 @@ from .onnx_export import check_onnx, graph_opset
 
 DIGITS = [str(d) for d in range(10)]
 RANDOM_IMAGES = 64
+USER_IMAGES = 256  # --images DIR: at most this many of its files are run (sorted order)
 LOW_ACCURACY = 0.5  # worth a word: a digit classifier below this on MNIST is likely fed the wrong way
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: the most one serialised ONNX file (a protobuf message) may hold
 DIGIT_IMAGES = 1000  # the first MNIST test digits: enough to tell a working preprocessing from a wrong one
@@ -56,11 +57,18 @@ class StampReport:
     random_images: int
     digit_images: int  # 0 when the labels are not the digits 0-9
     digit_accuracy: float | None  # fraction of those predicted as their MNIST label
+    user_images: int = 0  # --images DIR: files run through the model's own pipeline
+    user_skipped: int = 0  # of DIR's files: could not be decoded
+    user_top: dict | None = None  # class -> how many of the user images it was predicted for
 
 
 def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: str | os.PathLike, *,
-               force: bool = False, data_dir: str | os.PathLike | None = None) -> StampReport:
-    """Validate ``source`` as described by ``flags`` and write a copy with the contract embedded at ``out``."""
+               force: bool = False, data_dir: str | os.PathLike | None = None,
+               images: str | os.PathLike | None = None) -> StampReport:
+    """Validate ``source`` as described by ``flags`` and write a copy with the contract embedded at ``out``.
+
+    ``images``: a folder (or file) of real images, run through the model's own pipeline as predict reads them
+    (finite outputs required; the predicted classes are reported), for models whose labels are not digits."""
     import onnx
 
     from toolkit.runtime import Predictor
@@ -88,6 +96,7 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
     accuracy, digits = None, 0
     if contract.classes == DIGITS and spec.mode == "digit":
         accuracy, digits = _digit_accuracy(source, predictor, data_dir)
+    user = _user_images(source, predictor, images) if images is not None else (0, 0, None)
 
     contract = dataclasses.replace(contract, exporter="stamped by toolkit export", source_sha256=file_sha256(source),
                                    onnx_version=onnx.__version__, opset=graph_opset(source))
@@ -112,7 +121,8 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
             raise ValidationFailed(f"{out}: the stamped copy computes different outputs from the original")
     return StampReport(source=str(source), out=str(out), classes=contract.classes, preprocess=spec.to_dict(),
                        layout=spec.layout, batch=contract.input_shape[0], output_kind=contract.output_kind,
-                       random_images=RANDOM_IMAGES, digit_images=digits, digit_accuracy=accuracy)
+                       random_images=RANDOM_IMAGES, digit_images=digits, digit_accuracy=accuracy,
+                       user_images=user[0], user_skipped=user[1], user_top=user[2])
 
 
 def _external_data(proto, source: Path, out: Path) -> bool:
@@ -149,6 +159,28 @@ def _finite(path: Path, predictor, x: np.ndarray, what: str) -> np.ndarray:
     return outputs
 
 
+def _user_images(path: Path, predictor, images) -> tuple[int, int, dict]:
+    """(images run, files skipped, class -> count of top-1 predictions) for the first USER_IMAGES files."""
+    from toolkit.errors import ImageError
+    from toolkit.predict import prepare
+    from toolkit.predict.inputs import collect
+
+    files = collect([images]).files[:USER_IMAGES]
+    if not files:
+        raise ValidationFailed(f"--images {images}: no image files there to check {path} with")
+    spec, pixels, skipped = predictor.contract.preprocess, [], 0
+    for file in files:
+        try:
+            pixels.append(prepare(file, spec))
+        except ImageError:
+            skipped += 1
+    if not pixels:
+        raise ValidationFailed(f"--images {images}: none of its {len(files)} image files could be decoded")
+    outputs = _finite(path, predictor, spec.normalize(np.stack(pixels)), f"images from {images}")
+    counts = np.bincount(outputs.argmax(axis=1), minlength=len(predictor.classes))
+    return len(pixels), skipped, {c: int(n) for c, n in zip(predictor.classes, counts) if n}
+
+
 def _digit_accuracy(path: Path, predictor, data_dir) -> tuple[float, int]:
     """Accuracy on the first MNIST test digits, brought to the model's size the way predict does."""
     from toolkit.train.data import load_mnist
@@ -174,4 +206,9 @@ def render(report: StampReport) -> str:
         low = report.digit_accuracy < LOW_ACCURACY
         lines.append(f"MNIST test digits: {report.digit_accuracy:.2%} correct of the first {report.digit_images}"
                      + (" (low: are --mean/--std/--scale/--polarity what the model was trained with?)" if low else ""))
+    if report.user_images:
+        top = ", ".join(f"{c} {n}" for c, n in sorted(report.user_top.items(), key=lambda kv: -kv[1])[:5])
+        lines.append(f"finite outputs on {report.user_images} of your images"
+                     + (f" ({report.user_skipped} could not be decoded)" if report.user_skipped else "")
+                     + f"; predicted: {top}")
     return "\n".join(lines)

@@ -190,3 +190,28 @@ def test_optimum_folder_needs_no_option(tmp_path):
     (folder / "model.onnx").unlink()
     result = run("inspect", folder)
     assert result.exit_code == EXIT_ERROR and "it has no model.onnx" in result.output
+
+
+def test_stamp_checks_your_images(tmp_path):
+    """An image model's stamp runs the user's own images through its pipeline and names what it predicted."""
+    from PIL import Image
+
+    model = colour_model(tmp_path / "m.onnx")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, colour in enumerate([(250, 0, 0), (0, 250, 0), (0, 0, 250), (200, 200, 0)]):
+        Image.new("RGB", (90, 60), colour).save(photos / f"{i}.jpg")
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "stamped.onnx"
+    result = run("export", model, "--out", out, "--preprocess", "image", "--labels", "red,green,blue",
+                 "--mean", "0.5", "--std", "0.25", "--images", photos)
+    assert result.exit_code == EXIT_OK, result.output
+    line = next(x for x in result.output.splitlines() if "of your images" in x)
+    assert line.startswith("finite outputs on 4 of your images (1 could not be decoded); predicted: ")
+    assert "MNIST" not in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = run("export", model, "--out", tmp_path / "other.onnx", "--preprocess", "image", "--labels",
+                  "red,green,blue", "--mean", "0.5", "--std", "0.25", "--images", empty)
+    assert refused.exit_code == 4 and "no image files there" in refused.output
+    assert not (tmp_path / "other.onnx").exists()

@@ -76,6 +76,10 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Stamping an ONNX file (CHECKPOINT is a .onnx made elsewhere): where the copy with the "
                    "contract from --labels/--mean/--std/--scale/--polarity goes. The input file is never modified.")
+@click.option("--images", type=click.Path(exists=True), metavar="DIR",
+              help="Stamping: also run the model on the image files in DIR (the first 256, through its own "
+                   "preprocessing, as predict reads them): finite outputs required, the predicted classes shown. "
+                   "Random images are always checked; MNIST digits only for a digit model labelled 0-9.")
 @click.option("--module", "module", metavar="PACKAGE.MODULE:FACTORY", callback=_module_spec,
               help="Export your own PyTorch network instead of a checkpoint: IMPORTS AND RUNS YOUR CODE (the module, "
                    "found in the current directory or on PYTHONPATH, and FACTORY() with no arguments, which must "
@@ -88,7 +92,7 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list
 @data_dir_option
 @force_option
 @preprocess_options
-def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, out, module,
+def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, out, images, module,
             weights, input_shape, data_dir, force, flags) -> None:
     """Export a checkpoint (toolkit's own or a seed-style state_dict) to TorchScript, ONNX and .pt2.
 
@@ -115,8 +119,10 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     """
     _check_sources(checkpoint, module, weights, input_shape, out, flags)
     if module is None and (out is not None or flags.given):
-        _stamp_or_refuse(checkpoint, out, flags, force, data_dir)
+        _stamp_or_refuse(checkpoint, out, flags, force, (data_dir, images))
         return
+    if images is not None:
+        raise click.UsageError("--images checks a model being stamped (an ONNX file with --out)")
     from toolkit.export.pipeline import export_checkpoint
     from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed
@@ -152,7 +158,7 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     click.echo(f"wrote {report.report_file}")
 
 
-def _stamp_or_refuse(checkpoint, out, flags, force, data_dir) -> None:
+def _stamp_or_refuse(checkpoint, out, flags, force, sources) -> None:
     """--out or preprocessing options with CHECKPOINT: stamp it if it is an ONNX model; else say what it is
     (identified by its content, toolkit.inspect.identify: missing, empty, text, an image, a checkpoint...)."""
     from toolkit.flags import OPTION_NAMES
@@ -171,7 +177,8 @@ def _stamp_or_refuse(checkpoint, out, flags, force, data_dir) -> None:
         if ignored:  # never silently ignored: the stamp writes one file, the one --out names
             raise click.UsageError(f"{', '.join(ignored)} apply to exporting a checkpoint or a --module network; "
                                    f"stamping {checkpoint} writes only the copy --out names")
-        click.echo(render(stamp_onnx(checkpoint, flags, out, force=force, data_dir=data_dir)))
+        data_dir, images = sources
+        click.echo(render(stamp_onnx(checkpoint, flags, out, force=force, data_dir=data_dir, images=images)))
         click.echo(f"wrote {out}")
         return
     what = f"{checkpoint} is {MODEL_KINDS[kind]}, not an ONNX model"

@@ -30,6 +30,8 @@ from PIL import Image
 
 from toolkit.cli import cli
 from toolkit.errors import EXIT_OK
+# The drawing pad's real X server (a session-scoped Xvfb; tests using it are marked gui).
+from test_draw import display, xvfb  # noqa: F401
 
 torch = pytest.importorskip("torch")
 T = pytest.importorskip("torchvision.transforms")
@@ -318,3 +320,39 @@ def test_ray_engine_gives_the_local_rows_in_image_mode(foreign, tmp_path):
     local = predicted(model, tmp_path, "--model", model.onnx, *model.options)
     on_ray = predicted(model, tmp_path, "--model", model.onnx, "--engine", "ray", *model.options)
     np.testing.assert_array_equal(local, on_ray)
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("name", ["rgb", "fashion"])
+def test_draw_pad_on_an_image_model(foreign, display, name):
+    """The pad's canvas is an image: an image model gets it through its own pipeline (colour or luma pixels at
+    its size), the preview shows them, and what the pad says is the model's prediction for them."""
+    from test_draw import draw_by_handlers, shown_bars
+
+    from toolkit.draw import DrawApp, open_window
+    from toolkit.flags import PreprocessFlags
+    from toolkit.runtime import Predictor
+
+    if name not in foreign:
+        pytest.skip("Fashion-MNIST is not installed")
+    model = foreign[name]
+    options = dict(zip(model.options[::2], model.options[1::2]))
+    flags = PreprocessFlags.parse(labels=options["--labels"], mean=options["--mean"], std=options["--std"],
+                                  preprocess="image", fit=options.get("--fit"))
+    predictor = Predictor.open(model.onnx, "cpu", threads=1, flags=flags)
+    root = open_window()
+    pad = DrawApp(root, predictor)
+    try:
+        root.update()
+        stroke = np.zeros((28, 28), np.uint8)
+        stroke[6:22, 12:16] = 255
+        draw_by_handlers(pad, stroke)
+        pad.predict()
+        pixels = pad.model_pixels()
+        assert pixels.shape == predictor.contract.preprocess.pixel_shape
+        probs = predictor.probabilities(pixels[None])[0]
+        top = int(probs.argmax())
+        assert pad.label.cget("text") == f"Prediction: {model.classes[top]} ({probs[top]:.1%})"
+        assert sum(w for w, _ in shown_bars(pad)) == pytest.approx(1.0, abs=1e-3)
+    finally:
+        pad.quit()

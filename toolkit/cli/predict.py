@@ -109,6 +109,10 @@ def _refuse_shared_paths(paths, output, confusion) -> None:
               help="local: this machine's processes. ray: decode in Ray tasks and predict in a pool of Ray actors "
                    "(same rows, same order); PATHs may then also be URIs such as s3://bucket/prefix. Needs the "
                    "cluster extra: pip install 'toolkit[cluster]'. See docs/scale.md.")
+@click.option("--jpeg-draft", is_flag=True,
+              help="Image pipeline, local engine: decode JPEGs at a reduced DCT scale (1/2, 1/4 or 1/8, never smaller "
+                   "than the resize needs). Faster on photos, but it changes pixels, so labels can differ from the "
+                   "model's own preprocessing: measured agreement in docs/predict.md. Off by default.")
 @click.option("--address", metavar="ADDRESS",
               help="With --engine ray: join the Ray cluster at ADDRESS (HOST:PORT of `ray start --head`, or "
                    "ray://HOST:10001) using its authentication token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
@@ -116,8 +120,8 @@ def _refuse_shared_paths(paths, output, confusion) -> None:
 @force_option
 @preprocess_options
 @click.pass_context
-def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, engine, address, force,
-            flags) -> None:
+def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, engine, jpeg_draft, address,
+            force, flags) -> None:
     """Predict the digit in each image file, or in every image under each folder.
 
     Runs on ONNX Runtime only (no torch). Decoding uses every CPU core,
@@ -139,6 +143,9 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     if engine == "ray" and workers is not None:
         raise click.UsageError("--workers sizes the local engine; with --engine ray the cluster's CPUs decode")
 
+    if jpeg_draft and (engine != "local" or flags.given and flags.mode != "image"):
+        raise click.UsageError("--jpeg-draft speeds up the image pipeline's decoding on the local engine: it takes "
+                               "an image model (--preprocess image, a config, or a stamped file) and --engine local")
     reporter = TerminalReporter()
     # Whatever a late signal interrupts (this command's own ending included), the last line says where the kept
     # rows are: it is made from what the run reported, not from the exception that happens to arrive.
@@ -146,7 +153,7 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     try:
         summary = predict_paths(paths, engine=engine, address=address, model=model, provider=provider,
                                 batch_size=batch_size, top_k=top_k, output=output, confusion=confusion, force=force,
-                                workers=workers, flags=flags, reporter=reporter)
+                                workers=workers, flags=flags, reporter=reporter, jpeg_draft=jpeg_draft)
     except KeyboardInterrupt:  # PredictInterrupted, or one more signal that came while it was on its way
         # First, before any Python code can run a handler: the run is over and its rows are safe; more signals
         # have nothing left to stop, and one landing in the interpreter's shutdown would print a traceback.

@@ -155,8 +155,9 @@ def read_gray_unguarded(path: str | os.PathLike) -> np.ndarray:
     return read_image_unguarded(path, "digit")
 
 
-def read_image_unguarded(path: str | os.PathLike, mode: str = "digit"):
-    """``read_image`` for callers already inside ``bombs_refused()``."""
+def read_image_unguarded(path: str | os.PathLike, mode: str = "digit", draft=None):
+    """``read_image`` for callers already inside ``bombs_refused()``. ``draft``: in image mode, the spec a JPEG
+    is decoded for at a reduced DCT scale (`predict --jpeg-draft`: faster, changes pixels; never by default)."""
     path, rgb = os.fspath(path), mode == "image"
     try:
         # Unbuffered, sized by fstat: a buffered reader, or a read into an oversized buffer (an mmap
@@ -164,8 +165,8 @@ def read_image_unguarded(path: str | os.PathLike, mode: str = "digit"):
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             if size <= _WHOLE_READ or (rgb and size <= _WHOLE_READ_RGB_PNG and path.lower().endswith(".png")):
-                return _decode_bytes(f.read(), path, rgb)
-            return _decode(io.BufferedReader(f), path, rgb)
+                return _decode_bytes(f.read(), path, rgb, draft)
+            return _decode(io.BufferedReader(f), path, rgb, draft)
     except IsADirectoryError:
         raise ImageError(path, "is a directory, not an image file") from None
     except OSError as e:
@@ -306,14 +307,14 @@ def _plain_png(data: bytes, rgb: bool = False) -> np.ndarray | None:
     return pixels if pixels.shape == want and pixels.dtype == np.uint8 else None
 
 
-def _decode_bytes(data: bytes, path, rgb: bool = False):
+def _decode_bytes(data: bytes, path, rgb: bool = False, draft=None):
     pixels = _plain_png(data, rgb)
     if pixels is None:
-        return _decode(io.BytesIO(data), path, rgb)
+        return _decode(io.BytesIO(data), path, rgb, draft)
     return Image.fromarray(pixels) if rgb else pixels
 
 
-def _decode(fp, path, rgb: bool = False):
+def _decode(fp, path, rgb: bool = False, draft=None):
     try:
         im = Image.open(fp, formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
@@ -328,7 +329,7 @@ def _decode(fp, path, rgb: bool = False):
     with contextlib.nullcontext(im) if rgb else im:
         try:
             if rgb:
-                return _to_rgb(im, path)
+                return _to_rgb(im, path, draft)
             if im.format in ("JPEG", "MPO") and max(im.size) > max(_JPEG_DRAFT_SIZE):
                 im.draft("L" if im.mode in ("RGB", "L") else None, _JPEG_DRAFT_SIZE)
             need = im.width * im.height * _stored_bytes(im)
@@ -357,8 +358,16 @@ def _decode(fp, path, rgb: bool = False):
             raise ImageError(path, _load_reason(im, e)) from None
 
 
-def _to_rgb(im: Image.Image, path) -> Image.Image:
-    """Image mode: every pixel decoded, oriented, then Pillow's convert("RGB") (a plain gray image stays "L")."""
+def _to_rgb(im: Image.Image, path, draft=None) -> Image.Image:
+    """Image mode: every pixel decoded, oriented, then Pillow's convert("RGB") (a plain gray image stays "L").
+
+    ``draft`` (a PreprocessSpec, `predict --jpeg-draft`): a JPEG is decoded at the smallest DCT scale (1/2, 1/4,
+    1/8) still at least as large as what the spec resizes it to, so the resize shrinks less; pixels change."""
+    if draft is not None and im.format in ("JPEG", "MPO"):
+        from ..preprocess import resized_size
+
+        side = max(resized_size(im.height, im.width, draft))  # either way round: EXIF may turn it
+        im.draft("RGB", (side, side))
     need = im.width * im.height * _stored_bytes(im)
     if need > DECODE_BUDGET:
         raise ImageError(path, f"too large to decode: {im.width}x{im.height} {im.mode} takes {need / 2**20:,.0f} MiB "

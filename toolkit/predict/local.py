@@ -62,11 +62,12 @@ def _announced_spec(wait: bool) -> PreprocessSpec | None:
     return PreprocessSpec.from_dict(json.loads(spec_json.value))
 
 
-def decode_chunk(paths: list[str], spec: PreprocessSpec | None, mode: str = "digit"):
+def decode_chunk(paths: list[str], spec: PreprocessSpec | None, mode: str = "digit", draft: bool = False):
     """(positions decoded, their model pixels as one uint8 array (n, ...), [(position, reason)] for the rest).
 
     ``spec`` None (in a worker): decode now for the pipeline ``mode`` (the options' guess), normalise once the
-    parent announces the spec; only the images decoded while its session opens wait, decoded.
+    parent announces the spec; only the images decoded while its session opens wait, decoded. ``draft``
+    (--jpeg-draft): image-mode JPEGs decoded at a reduced DCT scale once the spec is known.
     """
     ok: list[int] = []
     pixels: list[np.ndarray] = []
@@ -75,7 +76,7 @@ def decode_chunk(paths: list[str], spec: PreprocessSpec | None, mode: str = "dig
     with bombs_refused():
         for i, path in enumerate(paths):
             mode = spec.mode if spec is not None else mode
-            _decoded(paths, i, mode, held, bad)
+            _decoded(paths, i, (mode, spec if draft else None), held, bad)
             spec = spec or _announced_spec(wait=False)
             if spec is not None:
                 _normalise(paths, held, spec, (ok, pixels, bad))
@@ -85,10 +86,12 @@ def decode_chunk(paths: list[str], spec: PreprocessSpec | None, mode: str = "dig
     return ok, stacked, sorted(bad)
 
 
-def _decoded(paths: list[str], i: int, mode: str, held, bad) -> None:
-    """Decode ``paths[i]`` for ``mode`` into ``held``, or its reason into ``bad``."""
+def _decoded(paths: list[str], i: int, how: tuple, held, bad) -> None:
+    """Decode ``paths[i]`` for ``how`` = (mode, the spec a JPEG may be drafted for, or None) into ``held``, or its
+    reason into ``bad``."""
+    mode, draft = how
     try:
-        held.append((i, mode, read_image_unguarded(paths[i], mode)))
+        held.append((i, mode, read_image_unguarded(paths[i], mode, draft)))
     except ImageError as e:
         bad.append((i, e.reason))
     except Exception as e:  # one odd file must never end a run over thousands
@@ -102,7 +105,7 @@ def _normalise(paths, held, spec, into) -> None:
     while held:
         i, mode, decoded = held.pop(0)
         if mode != spec.mode:
-            _decoded(paths, i, spec.mode, held, bad)
+            _decoded(paths, i, (spec.mode, None), held, bad)
             continue
         try:
             pixels.append(to_model_pixels(decoded, spec))
@@ -111,7 +114,7 @@ def _normalise(paths, held, spec, into) -> None:
             bad.append((i, f"could not be processed ({type(e).__name__}: {e})"))
 
 
-def _worker(files, pipes, announced, parent: int, mode: str) -> None:
+def _worker(files, pipes, announced, parent: int, how: tuple) -> None:
     """A decoding process: reads (start, stop) chunks of ``files`` from its task pipe until told to stop."""
     global _announced
     _announced = announced
@@ -132,7 +135,7 @@ def _worker(files, pipes, announced, parent: int, mode: str) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # blocked by the parent around the fork
     try:
         while (task := tasks.recv()) is not None:
-            results.send(decode_chunk(files[task[0]:task[1]], None, mode))
+            results.send(decode_chunk(files[task[0]:task[1]], None, *how))
     except (EOFError, OSError):  # the parent is gone or stopped reading
         pass
 
@@ -149,9 +152,10 @@ class Decoder:
 
     AHEAD = 4
 
-    def __init__(self, files: list[str], workers: int, mode: str = "digit"):
-        """``mode``: the pipeline the workers decode for until the model's spec is announced (the options' guess)."""
-        self.files, self.spec, self.mode = files, None, mode
+    def __init__(self, files: list[str], workers: int, mode: str = "digit", draft: bool = False):
+        """``mode``: the pipeline the workers decode for until the model's spec is announced (the options' guess);
+        ``draft``: --jpeg-draft."""
+        self.files, self.spec, self.mode, self.draft = files, None, mode, draft
         self.size = max(8, min(MAX_CHUNK, math.ceil(len(files) / max(1, workers * self.AHEAD))))
         self.starts = range(0, len(files), self.size)
         self.workers: list[tuple] = []  # (process, task sender, result receiver)
@@ -168,7 +172,7 @@ class Decoder:
                 task_recv, task_send = ctx.Pipe(duplex=False)
                 result_recv, result_send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_worker, daemon=True, args=(
-                    files, (task_recv, result_send), (self.spec_ready, self.spec_json), os.getpid(), mode))
+                    files, (task_recv, result_send), (self.spec_ready, self.spec_json), os.getpid(), (mode, draft)))
                 proc.start()
                 # Only the worker keeps its ends: when it dies, reading its results gives EOF at once.
                 task_recv.close()
@@ -204,7 +208,7 @@ class Decoder:
             if stop.requested:
                 return
             if not self.workers:
-                yield (start, *decode_chunk(self.files[start:start + self.size], self.spec))
+                yield (start, *decode_chunk(self.files[start:start + self.size], self.spec, self.mode, self.draft))
                 continue
             if k + len(self.workers) * self.AHEAD < len(self.starts):
                 self._send(k + len(self.workers) * self.AHEAD)
@@ -274,7 +278,7 @@ class LocalEngine:
         # Forked before ORT is imported; killed, never awaited, however the run ends.
         flags = options.flags
         guess = flags.mode if flags is not None and flags.given else "digit"
-        self.decoder = Decoder(files, workers if len(files) > 1 else 0, guess)
+        self.decoder = Decoder(files, workers if len(files) > 1 else 0, guess, options.jpeg_draft)
         stack.callback(self.decoder.close)
         # With decoding workers on every core, more ORT threads only contend with them: one
         # thread per four cores measured faster than ORT's default on the 2-core build machine.

@@ -39,6 +39,7 @@ class Options:
     engine: str = "local"  # or "ray"
     workers: int | None = None  # local engine: decoding processes (None: one per usable CPU for a large run)
     address: str | None = None  # ray engine: the cluster to join (None: a local Ray instance)
+    jpeg_draft: bool = False  # local engine, image models: JPEGs decoded at a reduced DCT scale (changes pixels)
 
 
 @dataclass

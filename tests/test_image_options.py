@@ -215,3 +215,20 @@ def test_stamp_checks_your_images(tmp_path):
                   "red,green,blue", "--mean", "0.5", "--std", "0.25", "--images", empty)
     assert refused.exit_code == 4 and "no image files there" in refused.output
     assert not (tmp_path / "other.onnx").exists()
+
+
+def test_bench_times_the_image_pipeline_with_the_model(tmp_path):
+    """An image model's bench has, beside the model alone (e2e), the pipeline from decoded images at the model's
+    size plus the model (preprocess+e2e), which cannot be faster than the model alone."""
+    model = colour_model(tmp_path / "m.onnx", size=(64, 64))
+    out = tmp_path / "bench.json"
+    result = run("bench", "--model", model, "--provider", "cpu", "--preprocess", "image", "--labels", "a,b,c",
+                 "--mean", "0.5", "--std", "0.5", "--batch-sizes", "4", "--no-peak", "--runs", "20", "--json", out)
+    assert result.exit_code == EXIT_OK, result.output
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["results"] if r["engine"] == "ort"}
+    assert set(rows) == {"e2e", "preprocess+e2e"}
+    assert rows["preprocess+e2e"]["latency_ms"]["min"] > rows["e2e"]["latency_ms"]["min"]
+    digit = run("bench", "--model", model, "--provider", "cpu", "--labels", "a,b,c", "--mean", "0.5", "--std", "0.5",
+                "--batch-sizes", "4", "--no-peak", "--runs", "20", "--json", tmp_path / "digit.json")
+    assert digit.exit_code == EXIT_OK, digit.output
+    assert {r["mode"] for r in json.loads((tmp_path / "digit.json").read_text())["results"]} == {"e2e"}

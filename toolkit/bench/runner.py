@@ -18,7 +18,7 @@ from ..errors import BatchTooLarge, EngineUnavailable, ModelError, ProviderUnava
 from ..machine import available_memory, environment, gpu_info, physical_cores
 from ..timing import measure, summarize
 from .document import BenchReport, EngineRun, ModelInfo, ResultRow, RunSettings, Skipped, roofline
-from .engine import Engine
+from .engine import Case, Engine
 from .ort_engines import OrtEngine
 from .peak import Peak, cpu_peak
 
@@ -192,7 +192,11 @@ def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads:
         with instance.context():
             for batch in batches:
                 x = data(batch)
-                for case in instance.cases(x):
+                cases = list(instance.cases(x))
+                pipeline = getattr(data, "pipeline", lambda _: None)(batch) if provider == "cpu" else None
+                if pipeline is not None and any(c.mode == "e2e" for c in cases):
+                    cases.append(_with_preprocessing(instance, pipeline))
+                for case in cases:
                     first, times = measure(case.fn, warmup=settings.warmup, runs=settings.runs, duration=duration,
                                            min_runs=settings.min_runs)
                     stats = summarize(times, batch)
@@ -203,6 +207,45 @@ def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads:
         instance.close()
     return EngineRun(engine.name, provider, precision, str(engine.artifact()), engine.description,
                      instance.providers_used, import_s, create_s, instance.config, instance.notes)
+
+
+def _with_preprocessing(instance, pipeline) -> Case:
+    """Image models: the image pipeline (decoded RGB images at the model's size -> resize and crop as the contract
+    says -> the model's input) and then the model, on exactly what the pipeline made, timed as one."""
+    def run():
+        x = pipeline()
+        return next(c for c in instance.cases(x) if c.mode == "e2e").fn()
+
+    return Case("preprocess+e2e", run)
+
+
+class _Inputs:
+    """The model's input for a batch size (random uint8 pixels through its preprocessing, made once); for an image
+    model also ``pipeline(batch)``: the preprocessing itself, from decoded images, to be timed with the model."""
+
+    def __init__(self, contract, batch: int, seed: int):
+        self.contract, self.seed = contract, seed
+        self.data = _inputs(contract, batch, seed)
+
+    def __call__(self, batch: int) -> np.ndarray:
+        if batch > len(self.data):  # an engine's fixed batch larger than every size asked for
+            check_memory(self.contract, batch, 1)
+            return _inputs(self.contract, batch, self.seed)
+        return self.data[:batch]
+
+    def pipeline(self, batch: int):
+        spec = self.contract.preprocess
+        if spec.mode != "image":
+            return None
+        from PIL import Image
+
+        from ..preprocess import model_input, to_model_pixels
+
+        rng = np.random.default_rng(self.seed)
+        images = [Image.fromarray(rng.integers(0, 256, (spec.height, spec.width, 3), dtype=np.uint8))
+                  for _ in range(batch)]
+        table = spec.lookup_table()
+        return lambda: model_input(np.stack([to_model_pixels(im, spec) for im in images]), spec, table)
 
 
 def run_bench(settings: BenchSettings, engines: Mapping[str, type[Engine]],
@@ -236,13 +279,7 @@ def run_bench(settings: BenchSettings, engines: Mapping[str, type[Engine]],
     if settings.peak:
         report.peak = {p: _peak(p, threads, peaks.get(p)) for p in dict.fromkeys(p for p, _ in plan)}
 
-    data = _inputs(contract, max(batches), settings.seed)
-
-    def inputs(batch: int) -> np.ndarray:
-        if batch > len(data):  # an engine's fixed batch larger than every size asked for
-            check_memory(contract, batch, 1)
-            return _inputs(contract, batch, settings.seed)
-        return data[:batch]
+    inputs = _Inputs(contract, max(batches), settings.seed)
 
     from tqdm import tqdm
 

@@ -7,7 +7,7 @@ import os
 
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
-from toolkit.text import first_line
+from toolkit.text import first_line, runtime_reason
 
 from .defaults import DEFAULT_ONNX_EXPORTER, DEFAULT_OPSET
 from .pt2_export import batch_dim
@@ -80,7 +80,7 @@ def check_onnx(path: str | os.PathLike) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # ValidationError, InferenceError: both mean the graph is not valid ONNX
-        raise ModelError(path, f"onnx.checker rejected the exported graph: {str(e).strip()[:200]}") from None
+        raise ModelError(path, f"onnx.checker rejected the graph: {runtime_reason(e)}") from None
 
 
 def graph_opset(path: str | os.PathLike) -> int:

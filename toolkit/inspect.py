@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .contract import KEY_PREFIX, decode_metadata
 from .errors import FileProblem, ModelError
+from .text import runtime_reason
 
 MODEL_FILE = "a model file (expected a .pth checkpoint, .pt TorchScript or .onnx)"
 MODEL_KINDS = {"checkpoint": "a PyTorch checkpoint", "torchscript": "a TorchScript model",
@@ -141,9 +142,13 @@ def _with_onnx(path: Path) -> dict:
     import onnx
 
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends: the bytes are not an ONNX model
-        raise ModelError(path, f"not an ONNX model ({type(e).__name__})") from None
+        raise ModelError(path, f"not an ONNX model ({type(e).__name__}: {runtime_reason(e)})") from None
+    try:  # tensors kept in other files: onnx refuses locations outside the model's folder, devices, links
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as e:
+        raise ModelError(path, f"an ONNX model whose external data is refused ({runtime_reason(e)})") from None
     if not proto.graph.node:
         raise ModelError(path, "not an ONNX model (no graph nodes)")
     init_names = {t.name for t in proto.graph.initializer}

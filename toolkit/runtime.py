@@ -23,7 +23,7 @@ from .contract import ModelContract, has_contract
 from .errors import ModelError, NonFiniteOutput, ProviderUnavailable
 from .flags import PreprocessFlags, check_agreement, contract_from_flags
 from .machine import nvidia_driver_missing
-from .text import first_line
+from .text import first_line, runtime_reason
 
 PROVIDERS = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
@@ -84,7 +84,7 @@ def _load(ort, path: Path, opts, providers):
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types for every kind of bad file
-        raise ModelError(path, f"not a loadable ONNX model ({first_line(e)})") from None
+        raise ModelError(path, f"not a loadable ONNX model ({runtime_reason(e)})") from None
 
 
 def cuda_session(path: Path, opts, cuda_options: dict | None = None):

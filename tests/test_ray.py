@@ -85,6 +85,9 @@ def images(tmp_path_factory, mnist):
 @pytest.fixture(scope="module")
 def cluster():
     """A head and a second node on this machine, one CPU each, with Ray's token authentication."""
+    # Ray loads its token once per process: had a test before this one used Ray in the pytest process, the
+    # cluster below would start with this token and connect with that one ("InvalidAuthToken").
+    assert "ray" not in sys.modules, "a test before tests/test_ray.py imported ray in the pytest process"
     token = secrets.token_hex(16)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "AWS_ACCESS_KEY_ID",
                                             "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED",

@@ -18,7 +18,6 @@ from ...machine import usable_cpus
 from ...text import first_line
 
 INSTALL = "pip install 'toolkit[cluster]'"
-CPUS_PER_ACTOR = 8
 # Files per decode task: large enough that task overhead (~ms) is small against decoding (~50 us a file).
 MAX_BLOCK = 2048
 
@@ -97,12 +96,12 @@ def _chain(error: BaseException):
 
 
 def plan(ray, files: int, provider: str) -> dict:
-    """How many actors and blocks, from the cluster's resources (see engine's docstring)."""
+    """How many block tasks, and the GPU share of each, from the cluster's resources (see engine's docstring)."""
     resources = ray.cluster_resources()
     cpus = max(1.0, float(resources.get("CPU", 1)))
-    actors = max(1, math.floor(cpus / CPUS_PER_ACTOR))
-    if provider == "cuda":
-        actors = max(1, int(resources.get("GPU", 1)))
-    # A few blocks per CPU keep every decode slot busy and bound what waits in the reorder buffer.
+    gpus = float(resources.get("GPU", 0))
+    # With CUDA every CPU still decodes: tasks share the GPUs (a fraction each), so a GPU never waits on one core.
+    share = min(1.0, gpus / cpus) if provider == "cuda" and gpus else 1.0
+    # A few blocks per CPU keep every slot busy and bound what waits in the reorder buffer.
     blocks = max(1, min(math.ceil(files / 64), max(math.ceil(files / MAX_BLOCK), int(cpus * 4))))
-    return {"cpus": cpus, "actors": actors, "blocks": blocks}
+    return {"cpus": cpus, "gpus_per_task": share, "blocks": blocks}

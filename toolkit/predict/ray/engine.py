@@ -1,16 +1,16 @@
-"""The Ray engine of `toolkit predict`: decode tasks and a pool of model actors on Ray Data.
+"""The Ray engine of `toolkit predict`: block tasks on Ray Data, each decoding and predicting its files.
 
 Nothing here is a second pipeline: the file list comes from inputs.collect (local paths) or the same rules
-over a pyarrow.fs listing (uris.py); decode tasks run local.decode_chunk (local files) or decode.decode_gray
-on the object's bytes, then preprocess.to_model_pixels; a pool of actors, each opening the model once with
-runtime.Predictor, computes the outputs; the driver yields them as Batches in input order to run.py, which
+over a pyarrow.fs listing (uris.py); a task runs local.decode_chunk (local files) or decode.decode_gray on
+the object's bytes, then preprocess.to_model_pixels, then the model (runtime.Predictor, opened once per Ray
+worker process) on those pixels; the driver yields the outputs as Batches in input order to run.py, which
 records them exactly as the local engine's. Rows come back in any order (a reorder buffer puts them back in
-input order), each file index once: a batch Ray replays after a lost actor or worker is dropped.
+input order), each file index once: a block Ray retries after a lost worker is dropped if it came already.
 
-Sizing: decoding is the bottleneck (tens of thousands of 28x28 PNGs per core and second against hundreds
-of thousands of MLP rows per ORT thread), so there is one model actor per eight CPUs (at least one), and
-actors reserve a quarter of a CPU and decode tasks half of one: an actor reserving a whole CPU on a 2-CPU
-node left nothing for the decode tasks and the run stalled.
+Why one task does both: decoding is the cost (tens of thousands of 28x28 PNGs per core and second against
+hundreds of thousands of MLP rows per ORT thread), and a separate pool of model actors made every block's
+pixels cross the object store to reach them, which cost more than the model (benchmarks/ray_vs_local.py).
+One task per reserved CPU, one ORT thread each.
 """
 
 from __future__ import annotations
@@ -34,14 +34,33 @@ from .cluster import import_ray, plan, ray_session
 from .parquet import check_parquet_output, parquet_rows
 from .uris import collect_any, read_uri
 
-# Different reservations also keep Ray Data from fusing the decode tasks into the actors.
-ACTOR_CPUS = 0.25
-DECODE_CPUS = 0.5
+# Each block task decodes and predicts on one reserved CPU; the Parquet stage's tasks take half of one.
+TASK_CPUS = 1
+PARQUET_CPUS = 0.5
 
 
-def decode_batch(batch: dict, spec_json: str, roots: list[str]) -> dict:
-    """Decode tasks: file locations in, model pixels (or the reason each file was skipped) out."""
+def predict_block(batch: dict, model: list, spec_json: str, roots: list[str], settings: dict) -> dict:
+    """One task per block: its files decoded and predicted in the same process, so pixel arrays never
+    cross the object store (decoding, not the model, is the cost: see the module's docstring)."""
     spec = PreprocessSpec.from_dict(json.loads(spec_json))
+    pixels, reasons = _decode(batch, spec, roots)
+    predictor = _opened(model, settings)
+    ok = np.array([not r for r in reasons], dtype=bool)
+    n, size = len(ok), settings["batch_size"]
+    logits = np.zeros((n, len(predictor.classes)), dtype=np.float32)
+    blank = np.zeros(n, dtype=bool)
+    picked = np.flatnonzero(ok)
+    table = predictor.contract.preprocess.lookup_table()
+    for start in range(0, len(picked), size):  # the local engine's batch size, so fixed-batch graphs pad alike
+        rows = picked[start:start + size]
+        logits[rows] = predictor.logits(model_input(pixels[rows], predictor.contract.preprocess, table))
+        blank[rows] = blank_images(pixels[rows], predictor.contract.preprocess)
+    return {"index": batch["index"], "logits": logits, "blank": blank, "reason": np.array(reasons, dtype=object),
+            **_carried(batch)}
+
+
+def _decode(batch: dict, spec: PreprocessSpec, roots: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A block's files as model pixels, and the reason each one that could not be used was skipped."""
     paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
     sources = batch["source"]
     n = len(paths)
@@ -52,23 +71,22 @@ def decode_batch(batch: dict, spec_json: str, roots: list[str]) -> dict:
         pixels[ok] = decoded
         for i, reason in bad:
             reasons[i] = reason
-    else:
-        with bombs_refused():
-            for i, (path, source) in enumerate(zip(paths, sources)):
-                try:
-                    if source < 0:
-                        ok, decoded, bad = decode_chunk([path], spec)
-                        if bad:
-                            raise ImageError(path, bad[0][1])
-                        pixels[i] = decoded[0]
-                    else:
-                        pixels[i] = to_model_pixels(read_uri(roots[source], path, spec.mode), spec)
-                except ImageError as e:
-                    reasons[i] = e.reason
-                except Exception as e:  # one odd file must never end a run over thousands
-                    reasons[i] = f"could not be processed ({type(e).__name__}: {e})"
-    return {"index": batch["index"], "pixels": pixels, "reason": np.array(reasons, dtype=object),
-            **_carried(batch)}
+        return pixels, reasons
+    with bombs_refused():
+        for i, (path, source) in enumerate(zip(paths, sources)):
+            try:
+                if source < 0:
+                    ok, decoded, bad = decode_chunk([path], spec)
+                    if bad:
+                        raise ImageError(path, bad[0][1])
+                    pixels[i] = decoded[0]
+                else:
+                    pixels[i] = to_model_pixels(read_uri(roots[source], path, spec.mode), spec)
+            except ImageError as e:
+                reasons[i] = e.reason
+            except Exception as e:  # one odd file must never end a run over thousands
+                reasons[i] = f"could not be processed ({type(e).__name__}: {e})"
+    return pixels, reasons
 
 
 def _carried(batch: dict) -> dict:
@@ -76,37 +94,26 @@ def _carried(batch: dict) -> dict:
     return {k: batch[k] for k in ("path", "expected") if "expected" in batch}
 
 
-class ModelActor:
-    """One per actor: the model opened once (from bytes the driver sent: a node need not hold the file)."""
+# Ray reuses a worker process for the tasks of one function: the model is opened once per worker and run.
+_OPENED: dict[str, object] = {}
 
-    def __init__(self, model: list, suffix: str, provider: str, flags=None):
-        import ray
 
-        from ...runtime import Predictor
+def _opened(model: list, settings: dict):
+    import ray
 
-        # [ObjectRef]: a reference inside a list is not resolved by Ray, so the actor's constructor arguments
-        # stay small (restarting an actor whose arguments live in the object store is fragile) and the
-        # model's bytes are fetched here, once per actor.
-        model_bytes = ray.get(model[0])
+    from ...runtime import Predictor
+
+    # [ObjectRef]: a reference inside a list is not resolved by Ray, so each block's arguments stay small
+    # and the model's bytes are fetched once per worker, not once per block.
+    key = model[0].hex()
+    if key not in _OPENED:
+        _OPENED.clear()  # a worker kept from an earlier run holds at most one model
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"model{suffix}"
-            path.write_bytes(model_bytes)
-            self.predictor = Predictor.open(path, provider, 1, flags=flags)
-        self.spec = self.predictor.contract.preprocess
-        self.table = self.spec.lookup_table()
-        self.width = len(self.predictor.classes)
-
-    def __call__(self, batch: dict) -> dict:
-        ok = np.array([not r for r in batch["reason"]], dtype=bool)
-        n = len(ok)
-        logits = np.zeros((n, self.width), dtype=np.float32)
-        blank = np.zeros(n, dtype=bool)
-        if ok.any():
-            pixels = batch["pixels"][ok]
-            logits[ok] = self.predictor.logits(model_input(pixels, self.spec, self.table))
-            blank[ok] = blank_images(pixels, self.spec)
-        return {"index": batch["index"], "logits": logits, "blank": blank, "reason": batch["reason"],
-                **_carried(batch)}
+            path = Path(tmp) / f"model{settings['suffix']}"
+            path.write_bytes(ray.get(model[0]))
+            # One ORT thread: the cluster runs one task per reserved CPU, each decoding and predicting.
+            _OPENED[key] = Predictor.open(path, settings["provider"], 1, flags=settings["flags"])
+    return _OPENED[key]
 
 
 class RayEngine:
@@ -148,7 +155,7 @@ class RayEngine:
         sizing = plan(ray, len(files), provider)
         where = f"joined {self.address}" if self.address else "started a local Ray instance"
         job.reporter.notice(f"--engine ray: {where} in {startup:.1f} s; {sizing['cpus']:g} CPU(s), "
-                            f"{sizing['actors']} model actor(s), {sizing['blocks']} decode task(s)")
+                            f"{sizing['blocks']} block(s) decoded and predicted in Ray tasks")
         items = [{"index": i, "path": os.fsencode(p), "source": s} for i, (p, s) in enumerate(zip(files,
                                                                                                   self.sources))]
         if options.output is not None and Path(options.output).suffix.lower() == PARQUET:
@@ -157,15 +164,14 @@ class RayEngine:
             for item, parent in zip(items, job.inputs.parents):
                 item["expected"] = parent if parent in index else ""
         ds = ray.data.from_items(items, override_num_blocks=sizing["blocks"])
-        ds = ds.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=DECODE_CPUS,
-                            fn_kwargs={"spec_json": predictor.contract.preprocess.to_json(), "roots": self.roots})
-        gpu = {"num_gpus": 1} if predictor.provider == "cuda" or options.provider == "cuda" else {}
-        self.ds = ds.map_batches(
-            ModelActor, batch_size=options.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=sizing["actors"]), num_cpus=ACTOR_CPUS,
-            fn_constructor_kwargs={"model": [ray.put(Path(options.model).read_bytes())],
-                                   "suffix": Path(options.model).suffix or ".onnx", "provider": options.provider,
-                                   "flags": options.flags}, **gpu)
+        gpu = {"num_gpus": sizing["gpus_per_task"]} if predictor.provider == "cuda" or options.provider == "cuda" \
+            else {}
+        settings = {"suffix": Path(options.model).suffix or ".onnx", "provider": options.provider,
+                    "flags": options.flags, "batch_size": options.batch_size}
+        self.ds = ds.map_batches(predict_block, batch_size=None, batch_format="numpy", num_cpus=TASK_CPUS,
+                                 fn_kwargs={"model": [ray.put(Path(options.model).read_bytes())],
+                                            "spec_json": predictor.contract.preprocess.to_json(),
+                                            "roots": self.roots, "settings": settings}, **gpu)
         return predictor
 
     def batches(self, job) -> Iterator[Batch]:
@@ -173,7 +179,7 @@ class RayEngine:
         if job.writer is not None and hasattr(job.writer, "folder"):  # Parquet, written on the cluster
             job.stop.at_once = True  # nothing partial is kept: the first signal stops at once
             ds = ds.materialize()
-            ds.map_batches(parquet_rows, batch_size=None, batch_format="numpy", num_cpus=DECODE_CPUS,
+            ds.map_batches(parquet_rows, batch_size=None, batch_format="numpy", num_cpus=PARQUET_CPUS,
                            fn_kwargs={"classes": job.predictor.classes, "top_k": min(job.options.top_k,
                                                                                      len(job.predictor.classes)),
                                       "output_kind": job.predictor.contract.output_kind}

@@ -100,7 +100,9 @@ def cluster():
 
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        nodes.add_node(num_cpus=1)
+        # The second node declares a GPU: this machine has none, so CUDA fails where a task runs, which is
+        # where the provider must be checked (test_cuda_is_checked_where_the_model_runs).
+        nodes.add_node(num_cpus=1, num_gpus=1)
         yield nodes.address, token
     finally:
         nodes.shutdown()
@@ -147,6 +149,26 @@ def test_a_driver_without_the_token_is_refused(cluster, images, tmp_path):
                      "--address", address, env=wrong)
     assert result.returncode == 5
     assert result.stderr.count("\n") == 1 and "refused this driver" in result.stderr, result.stderr
+
+
+def test_cuda_is_checked_where_the_model_runs(cluster, images, tmp_path):
+    """The driver (a CPU-only head) never refuses --provider cuda itself: the cluster's GPU node does, where the
+    model runs, in one line; a cluster without any GPU is refused before any work, in one line."""
+    address, token = cluster
+    folder, model, _ = images
+    out = tmp_path / "cuda.csv"
+    result = toolkit("predict", folder, "--model", model, "--provider", "cuda", "--engine", "ray", "--address",
+                     address, "-o", out, env=os.environ | {"RAY_AUTH_TOKEN": token})
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--provider cuda" in result.stderr.splitlines()[-1] and "CUDA" in result.stderr.splitlines()[-1]
+    assert "has no GPU" not in result.stderr  # the driver did not decide it: a task on the GPU node did
+    assert not out.exists()
+    local_instance = toolkit("predict", folder, "--model", model, "--provider", "cuda", "--engine", "ray",
+                             env=without_ray_auth(os.environ))  # a local instance on this GPU-less machine
+    assert local_instance.returncode == 5, local_instance.stderr
+    assert local_instance.stderr.strip().splitlines()[-1].endswith(
+        "--provider cuda: the Ray cluster has no GPU (no node offers a GPU resource)"), local_instance.stderr
 
 
 def test_without_ray_exit_5_names_the_install_command(images):

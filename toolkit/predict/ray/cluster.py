@@ -70,7 +70,9 @@ def ray_session(address: str | None):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # "execution finished in ..." and the like
+        ctx.raise_original_map_exception = True  # a task's own (typed) error, not Ray Data's UserCodeException
+        # "execution finished in ..." and a failed task's traceback: the reason is said once, by us
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         yield ray, time.perf_counter() - started
     finally:
         ray.shutdown()
@@ -104,4 +106,4 @@ def plan(ray, files: int, provider: str) -> dict:
     share = min(1.0, gpus / cpus) if provider == "cuda" and gpus else 1.0
     # A few blocks per CPU keep every slot busy and bound what waits in the reorder buffer.
     blocks = max(1, min(math.ceil(files / 64), max(math.ceil(files / MAX_BLOCK), int(cpus * 4))))
-    return {"cpus": cpus, "gpus_per_task": share, "blocks": blocks}
+    return {"cpus": cpus, "gpus_per_task": share, "blocks": blocks, "block_files": math.ceil(files / blocks)}

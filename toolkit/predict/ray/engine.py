@@ -24,7 +24,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ...errors import ImageError
+from ...errors import ClusterUnavailable, ImageError, ProviderUnavailable, ToolkitError
+from ...text import first_line
 from ...preprocess import PreprocessSpec, blank_images, model_input, to_model_pixels
 from ..decode import bombs_refused
 from ..local import decode_chunk
@@ -146,12 +147,19 @@ class RayEngine:
         from ...runtime import Predictor
 
         options = job.options
-        predictor = Predictor.open(options.model, options.provider, 1, flags=options.flags)
+        # On CPU here whatever --provider says: the driver only checks the model and reads its contract, and a
+        # CPU-only head node of a cluster whose workers have GPUs is the usual layout. The provider is checked
+        # where the model runs, in the tasks.
+        predictor = Predictor.open(options.model, "cpu", 1, flags=options.flags)
         ray, startup = stack.enter_context(ray_session(self.address))
         # Ray's start-up, reported apart (docs/scale.md): importing Ray and starting or joining the cluster.
         self.startup_seconds += startup
         files = job.inputs.files
-        provider = predictor.provider if options.provider != "auto" else options.provider
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if options.provider == "cuda" and not gpus:
+            raise ProviderUnavailable("--provider cuda: the Ray cluster has no GPU (no node offers a GPU resource)")
+        # auto: CUDA on a cluster that has GPUs (falling back to CPU in a task where CUDA does not load).
+        provider = "cuda" if options.provider == "cuda" or (options.provider == "auto" and gpus) else "cpu"
         sizing = plan(ray, len(files), provider)
         where = f"joined {self.address}" if self.address else "started a local Ray instance"
         job.reporter.notice(f"--engine ray: {where} in {startup:.1f} s; {sizing['cpus']:g} CPU(s), "
@@ -164,11 +172,13 @@ class RayEngine:
             for item, parent in zip(items, job.inputs.parents):
                 item["expected"] = parent if parent in index else ""
         ds = ray.data.from_items(items, override_num_blocks=sizing["blocks"])
-        gpu = {"num_gpus": sizing["gpus_per_task"]} if predictor.provider == "cuda" or options.provider == "cuda" \
-            else {}
-        settings = {"suffix": Path(options.model).suffix or ".onnx", "provider": options.provider,
+        gpu = {"num_gpus": sizing["gpus_per_task"]} if provider == "cuda" else {}
+        settings = {"suffix": Path(options.model).suffix or ".onnx",
+                    "provider": options.provider if provider == "cuda" else "cpu",
                     "flags": options.flags, "batch_size": options.batch_size}
-        self.ds = ds.map_batches(predict_block, batch_size=None, batch_format="numpy", num_cpus=TASK_CPUS,
+        # A batch is a block (Ray Data wants the size said when GPUs are asked for).
+        self.ds = ds.map_batches(predict_block, batch_size=sizing["block_files"], batch_format="numpy",
+                                 num_cpus=TASK_CPUS,
                                  fn_kwargs={"model": [ray.put(Path(options.model).read_bytes())],
                                             "spec_json": predictor.contract.preprocess.to_json(),
                                             "roots": self.roots, "settings": settings}, **gpu)
@@ -186,7 +196,24 @@ class RayEngine:
                            ).write_parquet(str(job.writer.folder.absolute()))
             job.stop.at_once = False
             ds = ds.select_columns(["index", "logits", "blank", "reason"])
-        yield from in_order(ds, len(job.inputs.files))
+        try:
+            yield from in_order(ds, len(job.inputs.files))
+        except Exception as e:
+            raise _task_failure(e) from None
+
+
+def _task_failure(error: Exception) -> Exception:
+    """What a failed Ray task raised, told as the local engine tells it: the task's own error (typed, ours)
+    unwrapped from Ray's RayTaskError, else one line naming it. Ray Data raises the task's original exception,
+    not its UserCodeException wrapper (cluster.ray_session sets raise_original_map_exception)."""
+    import ray
+
+    e = error
+    while isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None:
+        e = e.cause
+    if isinstance(e, ToolkitError) and not isinstance(e, ray.exceptions.RayError):
+        return e
+    return ClusterUnavailable(f"a Ray task failed ({type(e).__name__}: {first_line(e, 300)})")
 
 
 def in_order(ds, count: int) -> Iterator[Batch]:

@@ -32,6 +32,7 @@ RANDOM_IMAGES = 64
 USER_IMAGES = 256  # --images DIR: at most this many of its files are run (sorted order)
 LOW_ACCURACY = 0.5  # worth a word: a digit classifier below this on MNIST is likely fed the wrong way
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: the most one serialised ONNX file (a protobuf message) may hold
+CHECK_BATCH = 64  # images per checking run: a bounded amount of work for --run-timeout
 DIGIT_IMAGES = 1000  # the first MNIST test digits: enough to tell a working preprocessing from a wrong one
 
 
@@ -64,11 +65,13 @@ class StampReport:
 
 def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: str | os.PathLike, *,
                force: bool = False, data_dir: str | os.PathLike | None = None,
-               images: str | os.PathLike | None = None) -> StampReport:
+               images: str | os.PathLike | None = None, run_timeout: float | None = None) -> StampReport:
     """Validate ``source`` as described by ``flags`` and write a copy with the contract embedded at ``out``.
 
     ``images``: a folder (or file) of real images, run through the model's own pipeline as predict reads them
-    (finite outputs required; the predicted classes are reported), for models whose labels are not digits."""
+    (finite outputs required; the predicted classes are reported), for models whose labels are not digits.
+    ``run_timeout``: seconds per check batch of at most CHECK_BATCH images (toolkit.run_guard.STAMP_RUN_TIMEOUT by
+    default; 0: none); the probe runs at open take at most PROBE_TIMEOUT each."""
     import onnx
 
     from toolkit.runtime import Predictor
@@ -84,7 +87,11 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
     if has_contract({p.key: p.value for p in proto.metadata_props}):  # the definition predict uses
         raise ModelError(source, "already carries a toolkit contract: it needs no stamp (and no options)")
     inline = _external_data(proto, source, out)
-    predictor = Predictor.open(source, "cpu", flags=flags)  # loads in ORT, reads the graph, probes the output
+    from toolkit.run_guard import STAMP_RUN_TIMEOUT
+
+    run_timeout = STAMP_RUN_TIMEOUT if run_timeout is None else run_timeout
+    # loads in ORT, reads the graph, probes the batch sizes it takes and the output (each run bounded)
+    predictor = Predictor.open(source, "cpu", flags=flags, run_timeout=run_timeout)
     if inline:  # only after ONNX Runtime accepted where the data files are
         from onnx.external_data_helper import load_external_data_for_model
 
@@ -114,10 +121,10 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
     with atomic_path(out, replace=force) as tmp:
         tmp.write_bytes(proto.SerializeToString())
         check_onnx(tmp)
-        stamped = Predictor.open(tmp, "cpu")  # no options: the file alone must say it all
+        stamped = Predictor.open(tmp, "cpu", run_timeout=run_timeout)  # no options: the file alone must say it all
         if stamped.contract.to_metadata() != contract.to_metadata():
             raise ValidationFailed(f"{out}: the contract read back from the copy differs from the one written")
-        if not np.array_equal(stamped.logits(random_x), reference):
+        if not np.array_equal(_outputs(stamped, random_x), reference):
             raise ValidationFailed(f"{out}: the stamped copy computes different outputs from the original")
     return StampReport(source=str(source), out=str(out), classes=contract.classes, preprocess=spec.to_dict(),
                        layout=spec.layout, batch=contract.input_shape[0], output_kind=contract.output_kind,
@@ -151,8 +158,14 @@ def _external_data(proto, source: Path, out: Path) -> bool:
     return False
 
 
+def _outputs(predictor, x: np.ndarray) -> np.ndarray:
+    """The model's outputs for ``x``, CHECK_BATCH images per run: each run is bounded by --run-timeout."""
+    parts = [predictor.logits(x[i:i + CHECK_BATCH]) for i in range(0, len(x), CHECK_BATCH)]
+    return np.concatenate(parts) if parts else predictor.logits(x)
+
+
 def _finite(path: Path, predictor, x: np.ndarray, what: str) -> np.ndarray:
-    outputs = predictor.logits(x)
+    outputs = _outputs(predictor, x)
     bad = int((~np.isfinite(outputs).all(axis=1)).sum())
     if bad:
         raise ValidationFailed(f"{path}: the model's output is NaN or infinite for {bad} of {len(x)} {what}")

@@ -145,6 +145,24 @@ class NonFiniteOutput(ModelError):
         super().__init__(path, f"the model's output is not finite (NaN or Inf) for {len(self.rows)} of the images")
 
 
+class RunFailed(ModelError):
+    """The model failed while running on a batch: ONNX Runtime's reason (a shape it refuses, an allocation it could
+    not make), or a batch whose memory is not there. Exit 1; a predict run keeps the rows it had completed."""
+
+
+class RunTimeout(RunFailed):
+    """A run of the model passed its time limit (--run-timeout, per batch) and was stopped (toolkit.run_guard)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, limit: float):
+        super().__init__(path, reason)
+        self.limit = limit
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) ended a run of the model in progress (toolkit.run_guard): handled
+    as Ctrl-C (exit 130), what was completed before it is kept."""
+
+
 # ---------------------------------------------------------------- `toolkit predict`
 
 class NoImages(ToolkitError):

@@ -195,19 +195,42 @@ class Predictor:
     provider: str
     notice: str | None
     contract: ModelContract
+    guard: object = None  # toolkit.run_guard.Guard: every run bounded by run_timeout, stoppable by signals
+    batch: int | None = None  # the batch size the graph must run at (declared, or found by the probe); None: any
+    max_rows: int | None = None  # the most images one run may take in the free memory (None: unknown)
 
     @classmethod
     def open(cls, path: str | os.PathLike = "model.onnx", provider: str = "auto", threads: int | None = None,
-             flags: PreprocessFlags | None = None):
+             flags: PreprocessFlags | None = None, run_timeout: float | None = None,
+             probe_timeout: float | None = None):
+        """``run_timeout``: seconds per batch (default toolkit.run_guard.DEFAULT_RUN_TIMEOUT; 0: none);
+        ``probe_timeout``: per probe run at open (default the smaller of it and PROBE_TIMEOUT).
+
+        Before any run: the memory one image's input needs is checked against the free memory (ModelError when
+        not even one fits; ``max_rows`` otherwise), and the batch sizes the graph accepts are probed
+        (toolkit.batch_limits)."""
+        from .batch_limits import accepted_batch, rows_that_fit
+        from .run_guard import DEFAULT_RUN_TIMEOUT, PROBE_TIMEOUT, Guard, check_limit
+
         path = Path(path)
+        limit = check_limit(DEFAULT_RUN_TIMEOUT if run_timeout is None else run_timeout)
+        probe_limit = check_limit(probe_timeout) if probe_timeout is not None else (
+            PROBE_TIMEOUT if limit is None else min(limit, PROBE_TIMEOUT))
         session, used, notice = create_session(path, provider, threads)
         contract = model_contract(session, path, flags)
-        predictor = cls(path=path, session=session, provider=used, notice=notice, contract=contract)
+        predictor = cls(path=path, session=session, provider=used, notice=notice, contract=contract,
+                        guard=Guard(session, path, limit))
+        spec = contract.preprocess
+        row = [int(d) for d in session.get_inputs()[0].shape[1:]]
+        predictor.max_rows = rows_that_fit(path, [None, *row], spec.pixel_shape)
+        predictor.batch = accepted_batch(predictor.guard, (contract.input_name, contract.output_name), row,
+                                         predictor.fixed_batch, predictor.max_rows, probe_limit)
         if not has_contract(session.get_modelmeta().custom_metadata_map):
-            from .graph import outputs_are_probabilities, probe_pixels
+            from .graph import PROBE_IMAGES, outputs_are_probabilities, probe_pixels
 
-            spec = contract.preprocess
-            probe = predictor.logits(spec.normalize(probe_pixels(spec.pixel_shape)))
+            n = min(PROBE_IMAGES, predictor.max_rows or PROBE_IMAGES)
+            probe = predictor.logits(spec.normalize(probe_pixels(spec.pixel_shape, n)), limit=probe_limit,
+                                     what="the probe run")
             contract.output_kind = "probabilities" if outputs_are_probabilities(probe) else "logits"
         return predictor
 
@@ -221,27 +244,34 @@ class Predictor:
         first = self.session.get_inputs()[0].shape[0]
         return first if isinstance(first, int) and first > 0 else None
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Raw outputs for a float32 batch of any size: a fixed-batch graph runs in chunks, the last padded."""
-        fixed = self.fixed_batch
-        if fixed is None or len(x) == fixed:
-            out = self._run(x)
+    def rows_per_batch(self, asked: int) -> int:
+        """The batch size to assemble when ``asked`` for: at most what the free memory holds (see ``max_rows``)."""
+        return max(1, min(asked, self.max_rows)) if self.max_rows is not None else asked
+
+    def logits(self, x: np.ndarray, limit=..., what: str = "a batch") -> np.ndarray:
+        """Raw outputs for a float32 batch of any size: a graph that runs at one batch size only (declared or
+        probed) runs in chunks of it, the last padded; any graph in chunks of at most ``max_rows``. Each run is
+        bounded by the guard's limit (or ``limit``)."""
+        fixed = self.batch
+        step = fixed or self.max_rows or max(1, len(x))
+        if len(x) == fixed or (fixed is None and len(x) <= step):
+            out = self._run(x, limit, what)
         else:
             parts = []
-            for start in range(0, len(x), fixed):
-                chunk = x[start:start + fixed]
+            for start in range(0, len(x), step):
+                chunk = x[start:start + step]
                 n = len(chunk)
-                if n < fixed:  # padding rows are zeros; their outputs are dropped below
+                if fixed is not None and n < fixed:  # padding rows are zeros; their outputs are dropped below
                     chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), dtype=chunk.dtype)])
-                parts.append(self._run(chunk)[:n])
+                parts.append(self._run(chunk, limit, what)[:n])
             out = np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), dtype=np.float32)
         if out.ndim != 2 or out.shape[1] != len(self.classes):
             raise ModelError(self.path, f"the model returned shape {list(out.shape)}, expected "
                                         f"[{len(x)}, {len(self.classes)}] for its {len(self.classes)} classes")
         return out
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.contract.output_name], {self.contract.input_name: x})[0]
+    def _run(self, x: np.ndarray, limit=..., what: str = "a batch") -> np.ndarray:
+        return self.guard.run([self.contract.output_name], {self.contract.input_name: x}, limit=limit, what=what)[0]
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W) already in model format (see preprocess.to_model_pixels).

@@ -39,10 +39,23 @@ class OrtInstance(Instance):
         first = session.get_inputs()[0].shape[0]
         self.fixed_batch = first if isinstance(first, int) and first > 0 else None
         self._graph_sessions = []
+        self.guard = None  # toolkit.run_guard.Guard, set by ``probe``
+
+    def probe(self, limit) -> None:
+        """Bound every run by ``limit`` (seconds per run) and find the batch size the graph really accepts (a
+        graph that runs at one size only is then timed at that size, as one whose batch is fixed)."""
+        from ..batch_limits import accepted_batch
+        from ..run_guard import PROBE_TIMEOUT, Guard, check_limit
+
+        self.guard = Guard(self.session, self.path, limit)
+        probe_limit = PROBE_TIMEOUT if self.guard.limit is None else min(self.guard.limit, PROBE_TIMEOUT)
+        row = [int(d) for d in self.session.get_inputs()[0].shape[1:]]
+        self.fixed_batch = accepted_batch(self.guard, (self.input, self.output.name), row, self.fixed_batch, None,
+                                          probe_limit)
 
     def cases(self, x: np.ndarray) -> list[Case]:
-        session, feed, out = self.session, {self.input: x}, [self.output.name]
-        e2e = Case("e2e", lambda: session.run(out, feed))
+        session, feed, out, guard = self.session, {self.input: x}, [self.output.name], self.guard
+        e2e = Case("e2e", lambda: guard.run(out, feed))
         if self.provider == "cpu":
             return [e2e]
         binding, x_dev, y_dev = self._bind(session, x)
@@ -83,7 +96,7 @@ class OrtInstance(Instance):
         return Case("cuda-graph", lambda: session.run_with_iobinding(bound[0]))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output.name], {self.input: x})[0]
+        return self.guard.run([self.output.name], {self.input: x})[0]
 
     def close(self) -> None:
         self._graph_sessions.clear()
@@ -113,6 +126,10 @@ class OrtFileEngine(Engine):
             config = {**config, "cuda_graph": bool(options.get("cuda_graph"))}
         instance = OrtInstance(session, provider, config, threads,
                                bool(options.get("cuda_graph")) and provider == "cuda", self.artifact())
+        from ..run_guard import DEFAULT_RUN_TIMEOUT
+
+        timeout = options.get("run_timeout")
+        instance.probe(DEFAULT_RUN_TIMEOUT if timeout is None else timeout)
         # export writes the precision into each file's contract ("int8" for the quantized one); a model
         # described by options (checked by the runner) has none: its input is float32
         has = has_contract(session.get_modelmeta().custom_metadata_map)

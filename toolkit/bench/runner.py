@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import __version__, runtime
 from ..atomic import file_sha256
+from ..batch_limits import rows_that_fit
 from ..errors import BatchTooLarge, EngineUnavailable, ModelError, ProviderUnavailable
 from ..machine import available_memory, environment, gpu_info, physical_cores
 from ..timing import measure, summarize
@@ -43,6 +44,7 @@ class BenchSettings:
     seed: int = 0
     command: str = ""  # how the run was asked for, recorded in the report
     flags: object = None  # toolkit.flags.PreprocessFlags for a model without the toolkit's contract
+    run_timeout: float | None = None  # seconds per ONNX Runtime run (toolkit.run_guard; None: its default, 0: none)
 
     def validate(self) -> None:
         if self.provider not in PROVIDER_CHOICES:
@@ -172,7 +174,7 @@ def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads:
     engine.prepare()
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    instance = engine.open(provider, threads, {"cuda_graph": settings.cuda_graph})
+    instance = engine.open(provider, threads, {"cuda_graph": settings.cuda_graph, "run_timeout": settings.run_timeout})
     create_s = time.perf_counter() - t0
     precision = instance.precision or engine.precision
     fixed = instance.fixed_batch
@@ -275,6 +277,7 @@ def run_bench(settings: BenchSettings, engines: Mapping[str, type[Engine]],
     selected = _select(settings, engines, report.skipped)
     providers = report.settings.providers = _providers(settings, threads, report.notes)
     plan = _plan(settings, selected, providers, threads, report.skipped)
+    rows_that_fit(model, contract.input_shape, contract.preprocess.pixel_shape)  # one image, or the model is refused
     check_memory(contract, max(batches), len(plan))
     if settings.peak:
         report.peak = {p: _peak(p, threads, peaks.get(p)) for p in dict.fromkeys(p for p, _ in plan)}

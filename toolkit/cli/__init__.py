@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 import click
 
@@ -24,6 +25,22 @@ TRAIN_EXTRA_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib
 
 class ToolkitGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        from ..run_guard import exit_when_stuck
+
+        exit_when_stuck()  # a model run that ignores being stopped ends the process (toolkit.run_guard)
+        saved = None
+        if (ctx.invoked_subcommand != "serve" and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            # SIGTERM as Ctrl-C: the command ends in one line (exit 130) and its partial files are removed;
+            # predict installs its own handler, serve its server's.
+            saved = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return self._invoke(ctx)
+        finally:
+            if saved is not None:
+                signal.signal(signal.SIGTERM, saved)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ToolkitError as e:
@@ -40,9 +57,15 @@ class ToolkitGroup(click.Group):
             # First, before any Python code can run a handler: the command is ending, and one more Ctrl-C in
             # the interpreter's shutdown would print a traceback. (predict handles its own interrupts.)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             said = ctx.meta.get(INTERRUPTED_MESSAGE, lambda: "interrupted (no partially written file is left behind)")
             click.echo(f"toolkit: {printable(said())}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 @click.group(cls=ToolkitGroup, epilog=exit_codes_help(), context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,7 +2,9 @@ import shlex
 
 import click
 
-from .options import CommaList, FiniteFloat, data_dir_option, force_option, model_option, preprocess_options, provider_option
+from ..run_guard import DEFAULT_RUN_TIMEOUT
+from .options import CommaList, FiniteFloat, data_dir_option, force_option, model_option, preprocess_options, provider_option, \
+    run_timeout_option
 
 
 def _batch_size(text: str) -> int:
@@ -15,7 +17,7 @@ def _batch_size(text: str) -> int:
     return size
 
 
-NOT_RECORDED = {"json_path", "plot_path", "markdown_path", "progress", "force", "data_dir"}  # where output goes, not what was measured
+NOT_RECORDED = {"json_path", "plot_path", "markdown_path", "progress", "force", "data_dir", "run_timeout"}  # where output goes, not what was measured
 
 
 def _as_command(ctx: click.Context) -> str:
@@ -77,11 +79,12 @@ def _refuse_shared_paths(model, json_path, plot_path, markdown_path=None) -> Non
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write a PNG of latency and throughput against batch size (needs matplotlib).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@run_timeout_option(DEFAULT_RUN_TIMEOUT, "timed run of one batch (ONNX Runtime engines)")
 @force_option
 @data_dir_option
 @preprocess_options
 def command(model, provider, engines, formats, markdown_path, batch_sizes, warmup, runs, duration, threads,
-            cuda_graph, no_peak, json_path, plot_path, progress, force, data_dir, flags) -> None:
+            cuda_graph, no_peak, json_path, plot_path, progress, run_timeout, force, data_dir, flags) -> None:
     """Measure latency and throughput of the exported model.
 
     Per engine, provider and batch size: session creation and first run apart, then
@@ -134,7 +137,7 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
 
     settings = BenchSettings(model=model, provider=provider, batch_sizes=batch_sizes, warmup=warmup, runs=runs,
                              duration=duration, threads=threads, engines=engines, cuda_graph=cuda_graph,
-                             peak=not no_peak, command=_as_command(ctx), flags=flags)
+                             peak=not no_peak, command=_as_command(ctx), flags=flags, run_timeout=run_timeout)
     if formats is not None:
         _formats_table(settings, known, formats, data_dir, json_path, plot_path, markdown_path, progress, force)
         return

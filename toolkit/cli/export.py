@@ -4,7 +4,8 @@ from toolkit.export.defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8
                                      DEFAULT_OPSET, DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS, VARIANTS,
                                      missing_requirement)
 
-from .options import CommaList, FiniteFloat, data_dir_option, force_option, preprocess_options
+from ..run_guard import STAMP_RUN_TIMEOUT
+from .options import CommaList, FiniteFloat, data_dir_option, force_option, preprocess_options, run_timeout_option
 
 NAMES = (*FORMATS, *VARIANTS, "all")  # int8 is the --int8 variant, named like a format
 # What only an export does; given with a stamp (an ONNX file with --out) they are refused, not ignored.
@@ -89,11 +90,12 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list
                    "torch.load(weights_only=True), so the file itself cannot run code. Outputs are named after it.")
 @click.option("--input-shape", callback=_input_shape, metavar="C,H,W",
               help="With --module: one image's input, channels (1 or 3), height and width, e.g. 1,28,28.")
+@run_timeout_option(STAMP_RUN_TIMEOUT, "stamping check: a batch of at most 64 images")
 @data_dir_option
 @force_option
 @preprocess_options
 def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, out, images, module,
-            weights, input_shape, data_dir, force, flags) -> None:
+            weights, input_shape, run_timeout, data_dir, force, flags) -> None:
     """Export a checkpoint (toolkit's own or a seed-style state_dict) to TorchScript, ONNX and .pt2.
 
     \b
@@ -119,7 +121,7 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     """
     _check_sources(checkpoint, module, weights, input_shape, out, flags)
     if module is None and (out is not None or flags.given):
-        _stamp_or_refuse(checkpoint, out, flags, force, (data_dir, images))
+        _stamp_or_refuse(checkpoint, out, flags, force, (data_dir, images, run_timeout))
         return
     if images is not None:
         raise click.UsageError("--images checks a model being stamped (an ONNX file with --out)")
@@ -177,8 +179,9 @@ def _stamp_or_refuse(checkpoint, out, flags, force, sources) -> None:
         if ignored:  # never silently ignored: the stamp writes one file, the one --out names
             raise click.UsageError(f"{', '.join(ignored)} apply to exporting a checkpoint or a --module network; "
                                    f"stamping {checkpoint} writes only the copy --out names")
-        data_dir, images = sources
-        click.echo(render(stamp_onnx(checkpoint, flags, out, force=force, data_dir=data_dir, images=images)))
+        data_dir, images, run_timeout = sources
+        click.echo(render(stamp_onnx(checkpoint, flags, out, force=force, data_dir=data_dir, images=images,
+                                     run_timeout=run_timeout)))
         click.echo(f"wrote {out}")
         return
     what = f"{checkpoint} is {MODEL_KINDS[kind]}, not an ONNX model"

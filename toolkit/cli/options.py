@@ -49,6 +49,15 @@ class CommaList(click.ParamType):
         return items
 
 
+def run_timeout_option(default: float, what: str = "batch"):
+    """--run-timeout: every ONNX Runtime run of the model bounded (toolkit.run_guard), identical wording everywhere."""
+    return click.option(
+        "--run-timeout", type=FiniteFloat(min=0), default=default, show_default=True, metavar="SECONDS",
+        help=f"Stop the model if one run (one {what}) takes longer than this, with one line and exit 1: a model is "
+             "untrusted input (a graph can loop for ever). 0: no limit. The probe runs when the model opens take "
+             "at most 10 s each (or this, if smaller). Ctrl-C or SIGTERM also stops a run in progress.")
+
+
 force_option = click.option("--force", is_flag=True,
                             help="Replace existing output files. Without it, existing outputs are never overwritten.")
 

@@ -4,8 +4,10 @@ import signal
 import click
 
 from ..errors import EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE
+from ..run_guard import DEFAULT_RUN_TIMEOUT
 from . import INTERRUPTED_MESSAGE
-from .options import exit_codes_help, force_option, model_option, preprocess_options, provider_option
+from .options import exit_codes_help, force_option, model_option, preprocess_options, provider_option, \
+    run_timeout_option
 
 EPILOG = """\b
 Preprocessing (from the model's metadata; same module as train/export):
@@ -117,11 +119,12 @@ def _refuse_shared_paths(paths, output, confusion) -> None:
               help="With --engine ray: join the Ray cluster at ADDRESS (HOST:PORT of `ray start --head`, or "
                    "ray://HOST:10001) using its authentication token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
                    "~/.ray/auth_token). Default: start a local Ray instance sized to this machine.")
+@run_timeout_option(DEFAULT_RUN_TIMEOUT)
 @force_option
 @preprocess_options
 @click.pass_context
 def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, workers, engine, jpeg_draft, address,
-            force, flags) -> None:
+            run_timeout, force, flags) -> None:
     """Predict the digit in each image file, or in every image under each folder.
 
     Runs on ONNX Runtime only (no torch). Decoding uses every CPU core,
@@ -153,7 +156,8 @@ def command(ctx, paths, model, provider, batch_size, output, top_k, confusion, w
     try:
         summary = predict_paths(paths, engine=engine, address=address, model=model, provider=provider,
                                 batch_size=batch_size, top_k=top_k, output=output, confusion=confusion, force=force,
-                                workers=workers, flags=flags, reporter=reporter, jpeg_draft=jpeg_draft)
+                                workers=workers, flags=flags, reporter=reporter, jpeg_draft=jpeg_draft,
+                                run_timeout=run_timeout)
     except KeyboardInterrupt:  # PredictInterrupted, or one more signal that came while it was on its way
         # First, before any Python code can run a handler: the run is over and its rows are safe; more signals
         # have nothing left to stop, and one landing in the interpreter's shutdown would print a traceback.

@@ -283,7 +283,8 @@ class LocalEngine:
         # With decoding workers on every core, more ORT threads only contend with them: one
         # thread per four cores measured faster than ORT's default on the 2-core build machine.
         threads = max(1, usable_cpus() // 4) if self.decoder.workers else None
-        predictor = Predictor.open(options.model, options.provider, threads, flags=options.flags)
+        predictor = Predictor.open(options.model, options.provider, threads, flags=options.flags,
+                                   run_timeout=options.run_timeout)
         self.decoder.announce(predictor.contract.preprocess)
         return predictor
 
@@ -292,7 +293,10 @@ class LocalEngine:
 
         A lost worker: every image decoded before its chunk is still predicted, then WorkerDied is raised.
         """
-        predictor, stop, size = job.predictor, job.stop, job.options.batch_size
+        predictor, stop = job.predictor, job.stop
+        size = predictor.rows_per_batch(job.options.batch_size)
+        if size < job.options.batch_size:
+            job.reporter.notice(shrunk_batch(predictor, job.options.batch_size, size))
         spec = predictor.contract.preprocess
         table = spec.lookup_table()
 
@@ -327,3 +331,12 @@ class LocalEngine:
                 held = [pixels[size:]] if pending else []
         if pending and not stop.requested:
             yield run(pending, np.concatenate(held))
+
+
+def shrunk_batch(predictor, asked: int, size: int) -> str:
+    """The notice of a batch shrunk to what the free memory holds (toolkit.batch_limits)."""
+    from ..batch_limits import gigabytes, row_bytes
+
+    per_row = row_bytes(predictor.contract.input_shape, predictor.contract.preprocess.pixel_shape)
+    return (f"--batch-size {asked} shrunk to {size}: each image of {predictor.path} needs about "
+            f"{gigabytes(per_row)} in a batch, and only so many fit in the free memory")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_file, atomic_folder, check_writable
-from ..errors import NoImages, PredictInterrupted, WorkerDied
+from ..errors import NoImages, PredictInterrupted, RunFailed, WorkerDied
 from .inputs import Inputs
 from .local import LocalEngine
 from .output import PARQUET, ResultWriter, default_confusion_path, output_format, write_confusion_png
@@ -40,6 +40,7 @@ class Options:
     workers: int | None = None  # local engine: decoding processes (None: one per usable CPU for a large run)
     address: str | None = None  # ray engine: the cluster to join (None: a local Ray instance)
     jpeg_draft: bool = False  # local engine, image models: JPEGs decoded at a reduced DCT scale (changes pixels)
+    run_timeout: float | None = None  # seconds per batch (toolkit.run_guard; None: its default, 0: no limit)
 
 
 @dataclass
@@ -113,6 +114,8 @@ def run(paths, options: Options, reporter: Reporter | None = None) -> Summary:
         reporter.end(summary)
         if isinstance(outcome, WorkerDied):
             raise worker_lost(outcome, inputs.files, summary)
+        if isinstance(outcome, RunFailed):
+            raise run_lost(outcome, summary)
         if outcome:
             raise PredictInterrupted(summary)
     return summary
@@ -135,6 +138,8 @@ def drive(engine, job: Job, recorder: Recorder):
         pass
     except WorkerDied as died:
         return "interrupted" if stop.requested else died
+    except RunFailed as failed:  # the model stopped (--run-timeout) or failed on a batch: the rows before it stay
+        return failed
     return None if recorder.done == len(job.inputs.files) else "interrupted"
 
 
@@ -173,6 +178,14 @@ def worker_lost(died: WorkerDied, files: list[str], summary: Summary) -> WorkerD
     return WorkerDied(f"{died}; {rest} file(s) not processed, {files[died.start]} to {files[-1]} in input "
                       f"order{kept}; --workers 0 decodes in this process and shows which file it is", died.start,
                       summary)
+
+
+def run_lost(failed: RunFailed, summary: Summary) -> RunFailed:
+    """The model's failure, saying what was kept of the rows before it."""
+    if summary.output is not None:
+        failed.reason += f"; the {summary.rows_written} row(s) before it are kept in {summary.output}"
+        failed.args = (f"{failed.path}: {failed.reason}",)
+    return failed
 
 
 def require_files(inputs: Inputs, reporter: Reporter) -> None:

@@ -121,7 +121,8 @@ def test_an_endless_loop_is_stopped_by_the_run_timeout(graphs, images, tmp_path,
     code, _, err, seconds = toolkit(args)
     assert code == 1, err
     line = one_line(err, str(model), "was still running after", "stopped")
-    assert ("--run-timeout 1" in line) == (command != "inspect")
+    assert ("--run-timeout 1;" in line) == (command != "inspect")
+    assert ("a probe run when the model opens may take at most 10 s" in line) == (command == "inspect")
     assert seconds < ENDED_WITHIN
     assert not (tmp_path / "s.onnx").exists() and not list(tmp_path.iterdir())
 

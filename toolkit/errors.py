@@ -18,7 +18,7 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES = (
     (EXIT_OK, "success"),
-    (EXIT_ERROR, "an input, model, checkpoint or output path is unusable (the message names it)"),
+    (EXIT_ERROR, "an input, model, checkpoint or output path is unusable, or a model run failed or passed --run-timeout (the message names it)"),
     (EXIT_USAGE, "usage error (bad option or argument)"),
     (EXIT_PARTIAL, "finished, but some input files were skipped (predict)"),
     (EXIT_GATE, "a validation gate failed (export parity, INT8 accuracy)"),

@@ -104,9 +104,10 @@ class Guard:
             return RunInterrupted(f"{self.model}: the model's run on {what} ({rows} image(s)) was stopped by a signal")
         if stopped is not None and stopped[0] == seq:
             limit = self.active_limit
-            return RunTimeout(self.model, f"{what} ({rows} image(s)) was still running after "
-                                          f"{seconds_text(limit)} and was stopped ({self.option} {limit:g}; 0 for "
-                                          "no limit)", limit)
+            how = (f"{self.option} {limit:g}; 0 for no limit" if limit == self.limit
+                   else f"a probe run when the model opens may take at most {seconds_text(limit)}")
+            return RunTimeout(self.model, f"{what} ({rows} image(s)) was still running after {seconds_text(limit)} "
+                                          f"and was stopped ({how})", limit)
         if isinstance(e, MemoryError):
             return RunFailed(self.model, f"out of memory running {what} ({rows} image(s))")
         failed = RunFailed(self.model, f"the model failed on {what} ({rows} image(s)): {runtime_reason(e)}")

@@ -37,7 +37,7 @@ class ToolkitGroup(click.Group):
         try:
             return self._invoke(ctx)
         finally:
-            if saved is not None:
+            if saved is not None and signal.getsignal(signal.SIGTERM) is _terminate:  # else: ignored while ending
                 signal.signal(signal.SIGTERM, saved)
 
     def _invoke(self, ctx: click.Context):

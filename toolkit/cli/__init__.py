@@ -65,6 +65,8 @@ class ToolkitGroup(click.Group):
 
 
 def _terminate(signum, frame):
+    # Once: a second SIGTERM landing in the cleanup (a weakref callback, a finally) would print "Exception ignored".
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

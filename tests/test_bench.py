@@ -283,7 +283,7 @@ def test_cuda_unavailable_exits_5_with_the_reason(tiny_onnx):
     assert proc.stdout == ""  # not a single number, CPU or otherwise
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("toolkit: error: --provider cuda: engine ort: onnxruntime: CUDA provider could not")
+    assert lines[0].startswith("toolkit: error: --provider cuda: engine onnx: onnxruntime: CUDA provider could not")
     assert "\x1b[" not in proc.stderr  # ORT's coloured log lines stay out of the user's face
 
 

@@ -30,6 +30,7 @@ class Format:
     runtime: str  # what the parity gate loads the written file with, in words
     validator: str  # "module:function" (torch side): path -> a runner, numpy in, numpy out
     engine: str  # "module:Class" of the bench engine that times this file (it takes this row's name)
+    container: str  # what toolkit.inspect.identify finds in the file: "onnx", "torchscript", "pt2", "executorch"
     extra: str = "train"  # the pip extra that brings ``modules``
     modules: tuple[str, ...] = ()  # what must be importable to write it, checked without importing
     made_from: str | None = None  # a variant made from that format's file, judged on accuracy against it
@@ -49,25 +50,26 @@ _ONNX_MODULES = ("onnx", "onnxscript")  # the default (dynamo) ONNX exporter; le
 FORMATS = (
     Format("onnx", ".onnx", "float", "ONNX, opset 18 by default, written by the --onnx-exporter",
            _EXPORT + "onnx_export:export", "ONNX Runtime, CPU session, contract checked",
-           _EXPORT + "parity:onnx_runner", _ORT + "OrtEngine", modules=_ONNX_MODULES, default=True, aliases=("ort",)),
+           _EXPORT + "parity:onnx_runner", _ORT + "OrtEngine", "onnx", modules=_ONNX_MODULES, default=True, aliases=("ort",)),
     Format("int8", ".int8.onnx", "int8", "ONNX Runtime dynamic quantization of the onnx file, also --int8",
            _EXPORT + "quantize:export_dynamic", "ONNX Runtime", _EXPORT + "parity:onnx_runner",
-           _ORT + "OrtFileEngine", modules=_ONNX_MODULES, made_from="onnx", aliases=("onnx-int8", "ort-int8")),
+           _ORT + "OrtFileEngine", "onnx", modules=_ONNX_MODULES, made_from="onnx",
+           aliases=("onnx-int8", "ort-int8")),
     Format("int8-static", ".int8-static.onnx", "int8", "static INT8, QDQ calibrated on 1,024 training images",
            _EXPORT + "quantize:export_static", "ONNX Runtime", _EXPORT + "parity:onnx_runner",
-           _ORT + "OrtFileEngine", modules=_ONNX_MODULES, made_from="onnx",
+           _ORT + "OrtFileEngine", "onnx", modules=_ONNX_MODULES, made_from="onnx",
            aliases=("onnx-int8-static", "ort-int8-static")),
     Format("fp16", ".fp16.onnx", "fp16", "float16 weights and compute, float32 in and out",
            _EXPORT + "fp16:export", "ONNX Runtime", _EXPORT + "parity:onnx_runner", _ORT + "OrtFileEngine",
-           modules=(*_ONNX_MODULES, "onnxconverter_common"), made_from="onnx", aliases=("onnx-fp16", "ort-fp16")),
+           "onnx", modules=(*_ONNX_MODULES, "onnxconverter_common"), made_from="onnx", aliases=("onnx-fp16", "ort-fp16")),
     Format("torchscript", ".pt", "float", "TorchScript, torch.jit.script", _EXPORT + "torchscript_export:export",
            "torch.jit.load", _EXPORT + "parity:torchscript_runner", _EXPORT + "bench_engines:TorchScriptEngine",
-           default=True),
+           "torchscript", default=True),
     Format("pt2", ".pt2", "float", "a torch.export program", _EXPORT + "pt2_export:export", "torch.export.load",
-           _EXPORT + "parity:pt2_runner", _EXPORT + "bench_engines:Pt2Engine"),
+           _EXPORT + "parity:pt2_runner", _EXPORT + "bench_engines:Pt2Engine", "pt2"),
     Format("executorch", ".pte", "float", "an ExecuTorch program, XNNPACK delegate", _EXPORT + "executorch_export:export",
            "executorch.runtime", _EXPORT + "executorch_export:executorch_runner",
-           _EXPORT + "bench_engines:ExecuTorchEngine", extra="executorch", modules=("executorch",)),
+           _EXPORT + "bench_engines:ExecuTorchEngine", "executorch", extra="executorch", modules=("executorch",)),
 )
 BY_NAME = {f.name: f for f in FORMATS}
 NAMES = tuple(BY_NAME)
@@ -102,6 +104,13 @@ def missing(row: Format, onnx_exporter: str = "dynamo") -> str | None:
     modules = [m for m in row.modules if not (m == "onnxscript" and onnx_exporter == "legacy")]
     absent = [m for m in modules if importlib.util.find_spec(m) is None]
     return f"needs {', '.join(absent)}: {row.install}" if absent else None
+
+
+def of_file(name: str, container: str) -> Format | None:
+    """The format a file is, by its name and what its content was found to be: model.int8.onnx holding ONNX is int8;
+    None when no row fits (an ONNX file called weights.bin)."""
+    rows = [f for f in FORMATS if f.container == container and name.endswith(f.suffix)]
+    return max(rows, key=lambda f: len(f.suffix), default=None)
 
 
 def load(reference: str):

@@ -15,7 +15,6 @@ import warnings
 from dataclasses import dataclass
 
 KINDS = {"float": "float32", "int8": "int8", "fp16": "float16"}  # kind -> the precision a file's contract states
-INSTALL = {"train": "pip install 'toolkit[train]'", "executorch": "pip install 'toolkit[executorch]'"}
 _EXPORT = "toolkit.export."
 _ORT = "toolkit.bench.ort_engines:"
 
@@ -31,7 +30,7 @@ class Format:
     validator: str  # "module:function" (torch side): path -> a runner, numpy in, numpy out
     engine: str  # "module:Class" of the bench engine that times this file (it takes this row's name)
     container: str  # what toolkit.inspect.identify finds in the file: "onnx", "torchscript", "pt2", "executorch"
-    extra: str = "train"  # the pip extra that brings ``modules``
+    extra: str = "train"  # the pip extra (pyproject.toml) that brings ``modules``
     modules: tuple[str, ...] = ()  # what must be importable to write it, checked without importing
     made_from: str | None = None  # a variant made from that format's file, judged on accuracy against it
     default: bool = False  # written by a plain `toolkit export`
@@ -43,7 +42,7 @@ class Format:
 
     @property
     def install(self) -> str:
-        return INSTALL[self.extra]
+        return f"pip install 'toolkit[{self.extra}]'"
 
 
 _ONNX_MODULES = ("onnx", "onnxscript")  # the default (dynamo) ONNX exporter; legacy needs no onnxscript

@@ -190,7 +190,7 @@ class _Run:
             f32 = self.results[row.made_from]
             if not f32.passed:
                 self.results[name] = VariantResult(format=name, file=str(self.paths[name]),
-                                                   skipped=f"the {row.made_from} export it is made from failed its gate")
+                                                   skipped=f"the {row.made_from} file it is made from failed its gate")
                 return
             job = dataclasses.replace(job, source=self.tmp[row.made_from], source_sha256=f32.sha256,
                                       source_contract=self.contracts[row.made_from])

@@ -369,7 +369,8 @@ def test_existing_outputs_need_force_and_are_replaced_atomically(tiny_ckpt):
 
     refused = run_export(tiny_ckpt)
     assert refused.exit_code == 1
-    assert refused.output.strip() == f"toolkit: error: {folder / 'model.pt'}: already exists; pass --force to replace it"
+    # the first file in the formats' order (toolkit.formats) is the one named
+    assert refused.output.strip() == f"toolkit: error: {folder / 'model.onnx'}: already exists; pass --force to replace it"
     assert {n: (sha(folder / n), (folder / n).stat().st_ino) for n in exported_files(folder)} == before
 
     forced = run_export(tiny_ckpt, "--force")

@@ -46,28 +46,30 @@ class Format:
 
 
 _ONNX_MODULES = ("onnx", "onnxscript")  # the default (dynamo) ONNX exporter; legacy needs no onnxscript
+# name, suffix, kind, what; exporter, runtime, validator; bench engine, container; then the keywords.
 FORMATS = (
     Format("onnx", ".onnx", "float", "ONNX, opset 18 by default, written by the --onnx-exporter",
-           _EXPORT + "onnx_export:export", "ONNX Runtime, CPU session, contract checked",
-           _EXPORT + "parity:onnx_runner", _ORT + "OrtEngine", "onnx", modules=_ONNX_MODULES, default=True, aliases=("ort",)),
+           _EXPORT + "onnx_export:export", "ONNX Runtime, contract checked", _EXPORT + "parity:onnx_runner",
+           _ORT + "OrtEngine", "onnx", modules=_ONNX_MODULES, default=True, aliases=("ort",)),
     Format("int8", ".int8.onnx", "int8", "ONNX Runtime dynamic quantization of the onnx file, also --int8",
            _EXPORT + "quantize:export_dynamic", "ONNX Runtime", _EXPORT + "parity:onnx_runner",
-           _ORT + "OrtFileEngine", "onnx", modules=_ONNX_MODULES, made_from="onnx",
-           aliases=("onnx-int8", "ort-int8")),
+           _ORT + "OrtFileEngine", "onnx", modules=_ONNX_MODULES, made_from="onnx", aliases=("onnx-int8", "ort-int8")),
     Format("int8-static", ".int8-static.onnx", "int8", "static INT8, QDQ calibrated on 1,024 training images",
            _EXPORT + "quantize:export_static", "ONNX Runtime", _EXPORT + "parity:onnx_runner",
            _ORT + "OrtFileEngine", "onnx", modules=_ONNX_MODULES, made_from="onnx",
            aliases=("onnx-int8-static", "ort-int8-static")),
     Format("fp16", ".fp16.onnx", "fp16", "float16 weights and compute, float32 in and out",
-           _EXPORT + "fp16:export", "ONNX Runtime", _EXPORT + "parity:onnx_runner", _ORT + "OrtFileEngine",
-           "onnx", modules=(*_ONNX_MODULES, "onnxconverter_common"), made_from="onnx", aliases=("onnx-fp16", "ort-fp16")),
-    Format("torchscript", ".pt", "float", "TorchScript, torch.jit.script", _EXPORT + "torchscript_export:export",
-           "torch.jit.load", _EXPORT + "parity:torchscript_runner", _EXPORT + "bench_engines:TorchScriptEngine",
-           "torchscript", default=True),
-    Format("pt2", ".pt2", "float", "a torch.export program", _EXPORT + "pt2_export:export", "torch.export.load",
-           _EXPORT + "parity:pt2_runner", _EXPORT + "bench_engines:Pt2Engine", "pt2"),
-    Format("executorch", ".pte", "float", "an ExecuTorch program, XNNPACK delegate", _EXPORT + "executorch_export:export",
-           "executorch.runtime", _EXPORT + "executorch_export:executorch_runner",
+           _EXPORT + "fp16:export", "ONNX Runtime", _EXPORT + "parity:onnx_runner",
+           _ORT + "OrtFileEngine", "onnx", modules=(*_ONNX_MODULES, "onnxconverter_common"), made_from="onnx",
+           aliases=("onnx-fp16", "ort-fp16")),
+    Format("torchscript", ".pt", "float", "TorchScript, torch.jit.script",
+           _EXPORT + "torchscript_export:export", "torch.jit.load", _EXPORT + "parity:torchscript_runner",
+           _EXPORT + "bench_engines:TorchScriptEngine", "torchscript", default=True),
+    Format("pt2", ".pt2", "float", "a torch.export program",
+           _EXPORT + "pt2_export:export", "torch.export.load", _EXPORT + "parity:pt2_runner",
+           _EXPORT + "bench_engines:Pt2Engine", "pt2"),
+    Format("executorch", ".pte", "float", "an ExecuTorch program, XNNPACK delegate",
+           _EXPORT + "executorch_export:export", "executorch.runtime", _EXPORT + "executorch_export:executorch_runner",
            _EXPORT + "bench_engines:ExecuTorchEngine", "executorch", extra="executorch", modules=("executorch",)),
 )
 BY_NAME = {f.name: f for f in FORMATS}

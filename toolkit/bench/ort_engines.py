@@ -134,4 +134,4 @@ class OrtEngine(OrtFileEngine):
 
 
 # One per ONNX row of toolkit.formats, named after the format (onnx, int8, int8-static, fp16).
-ORT_ENGINES: dict[str, type[Engine]] = format_engines(__name__, {"OrtEngine": OrtEngine, "OrtFileEngine": OrtFileEngine})
+ORT_ENGINES: dict[str, type[Engine]] = format_engines(__name__, {c.__name__: c for c in (OrtEngine, OrtFileEngine)})

@@ -25,18 +25,25 @@ def _p50(doc: dict, engine: str, provider: str, batch: int) -> float | None:
                  r["mode"]) == (engine, provider, batch, mode)), None)
 
 
+def onnx_engine(doc: dict) -> str:
+    """The float32 ONNX Runtime engine's name: "onnx" since schema 3 (engines are named after the formats), "ort"
+    in the files of schemas 1 and 2."""
+    return "ort" if str(doc.get("schema_version", "1")) in ("1", "2") else "onnx"
+
+
 def goals(doc: dict) -> list[tuple[str, bool | None]]:
     """(sentence, met) per goal and provider; met is None when this run lacks a needed number."""
     out = []
+    name = onnx_engine(doc)
     flops = doc["model"].get("flops_per_image")
     for provider in dict.fromkeys(r["provider"] for r in doc["results"]):
-        ort, eager = _p50(doc, "ort", provider, 1), _p50(doc, "eager", provider, 1)
+        ort, eager = _p50(doc, name, provider, 1), _p50(doc, "eager", provider, 1)
         if ort and eager:
             out.append((f"{provider}: ORT batch-1 p50 / eager = {ort:.4f} / {eager:.4f} ms = {ort / eager:.3f} "
                         f"(goal <= {BATCH1_RATIO})", ort / eager <= BATCH1_RATIO))
         else:
             out.append((f"{provider}: batch-1 goal not evaluated (needs ort and eager at batch 1)", None))
-        ort = _p50(doc, "ort", provider, PEAK_BATCH)
+        ort = _p50(doc, name, provider, PEAK_BATCH)
         peak = (doc.get("peak", {}).get(provider) or {}).get("gflops_median")
         if ort and peak and flops:
             rate = flops * PEAK_BATCH / 1e9 / (ort / 1e3)

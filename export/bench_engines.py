@@ -11,9 +11,10 @@ import importlib.util
 
 import numpy as np
 
-from toolkit.bench.engine import Case, Engine, Instance
+from toolkit.bench.engine import Case, Engine, Instance, format_engines
 from toolkit.bench.peak import SHAPES, Peak, peak_of, shape_rate
 from toolkit.errors import EngineUnavailable, ProviderUnavailable
+from toolkit.formats import BY_NAME
 from toolkit.runtime import captured_stderr
 
 
@@ -129,10 +130,8 @@ class _TorchEngine(Engine):
         raise NotImplementedError
 
 
+# The format engines take their name, suffix and description from their row of toolkit.formats (TORCH_ENGINES).
 class TorchScriptEngine(_TorchEngine):
-    name = "torchscript"
-    description = "TorchScript module written by export (<stem>.pt)"
-    suffix = ".pt"
 
     def load(self):
         from .torchscript_export import load_torchscript
@@ -141,9 +140,7 @@ class TorchScriptEngine(_TorchEngine):
 
 
 class Pt2Engine(_TorchEngine):
-    name = "pt2"
-    description = "torch.export program written by export (<stem>.pt2), run as its module()"
-    suffix = ".pt2"
+    """Run as the program's module()."""
 
     def load(self):
         from .pt2_export import load_pt2
@@ -163,15 +160,13 @@ class EagerEngine(_TorchEngine):
 
 
 class ExecuTorchEngine(Engine):
-    name = "executorch"
-    description = "ExecuTorch program written by export (<stem>.pte), XNNPACK delegate, run by executorch.runtime"
-    suffix = ".pte"
+    """Run by executorch.runtime."""
 
     def missing(self) -> str | None:
         problem = super().missing()
         if problem:
             return problem
-        return ("executorch is not installed (pip install 'toolkit[executorch]')"
+        return (f"executorch is not installed ({BY_NAME['executorch'].install})"
                 if importlib.util.find_spec("executorch") is None else None)
 
     def prepare(self) -> None:
@@ -193,8 +188,10 @@ class ExecuTorchEngine(Engine):
         return ExecuTorchInstance(torch, load_executorch(self.artifact()), {"torch_threads": torch.get_num_threads()})
 
 
-TORCH_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (TorchScriptEngine, Pt2Engine, ExecuTorchEngine,
-                                                               EagerEngine)}
+TORCH_ENGINES: dict[str, type[Engine]] = {
+    **format_engines(__name__, {c.__name__: c for c in (TorchScriptEngine, Pt2Engine, ExecuTorchEngine)}),
+    EagerEngine.name: EagerEngine,  # the reference, not an export format
+}
 
 
 def cuda_peak(threads: int) -> Peak:

@@ -1,22 +1,13 @@
-"""Defaults shared by the library and the `toolkit export` command (imported at CLI start: keep it light)."""
+"""Defaults shared by the library and the `toolkit export` command (imported at CLI start: keep it light).
 
-import importlib.util
+The formats themselves (names, suffixes, what each needs) are the rows of toolkit.formats."""
 
-FORMATS = ("torchscript", "onnx", "pt2", "executorch")
+from toolkit import formats as _registry
+
+FORMATS = tuple(f.name for f in _registry.FORMATS if not f.made_from)  # written from the model itself
 # Made from the float32 ONNX file and judged on test accuracy against it (at most --int8-max-drop points lost).
-VARIANTS = ("int8", "int8-static", "fp16")
-DEFAULT_FORMATS = ("torchscript", "onnx")  # README command 1: pt2 costs a second torch.export trace
-# What each format needs beyond torch, and how to get it; a format whose modules are missing is listed as
-# unavailable with this command instead of failing half-way. The ONNX entry is for the default exporter.
-REQUIREMENTS = {
-    "onnx": (("onnx", "onnxscript"), "pip install 'toolkit[train]'"),
-    "torchscript": ((), ""),
-    "pt2": ((), ""),
-    "executorch": (("executorch",), "pip install 'toolkit[executorch]'"),
-    "int8": (("onnx", "onnxscript"), "pip install 'toolkit[train]'"),
-    "int8-static": (("onnx", "onnxscript"), "pip install 'toolkit[train]'"),
-    "fp16": (("onnx", "onnxscript", "onnxconverter_common"), "pip install 'toolkit[train]'"),
-}
+VARIANTS = tuple(f.name for f in _registry.FORMATS if f.made_from)
+DEFAULT_FORMATS = _registry.DEFAULTS  # README command 1: pt2 costs a second torch.export trace
 ONNX_EXPORTERS = ("dynamo", "legacy")  # legacy: torch's TorchScript-based exporter, while torch still has it
 DEFAULT_ONNX_EXPORTER = "dynamo"
 DEFAULT_OPSET = 18  # the lowest opset the dynamo exporter targets without a version conversion
@@ -29,8 +20,4 @@ DEFAULT_INT8_MAX_DROP = 0.3  # test-accuracy points
 
 def missing_requirement(fmt: str, onnx_exporter: str = DEFAULT_ONNX_EXPORTER) -> str | None:
     """Why ``fmt`` cannot be written here, with the install command; None when it can."""
-    modules, install = REQUIREMENTS[fmt]
-    if onnx_exporter == "legacy":
-        modules = tuple(m for m in modules if m != "onnxscript")  # the TorchScript-based exporter does not use onnxscript
-    absent = [m for m in modules if importlib.util.find_spec(m) is None]
-    return f"needs {', '.join(absent)}: {install}" if absent else None
+    return _registry.missing(_registry.get(fmt), onnx_exporter)

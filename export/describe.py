@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from toolkit.contract import decode_metadata
-from toolkit.inspect import identify
+from toolkit.inspect import format_field, identify
 from toolkit.runtime import check_output_width
 
 from .pt2_export import load_pt2
@@ -66,6 +66,7 @@ def describe_program(path: Path, kind: str) -> dict:
     return {
         "file": str(path),
         "kind": kind,
+        **format_field(path, kind),
         "size_bytes": path.stat().st_size,
         "signature": signature,
         "inputs": [{"name": meta.get("input_name", "x"), "shape": meta.get("input_shape", "not recorded"),

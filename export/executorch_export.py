@@ -11,6 +11,7 @@ free-form metadata); it stays in the ONNX/TorchScript files and the export repor
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from toolkit.errors import ModelError
 from toolkit.runtime import captured_stderr
 from toolkit.text import first_line
 
+from .job import Job, Written
 from .quiet import quiet_torch
 
 EXPORTER = "executorch.exir.to_edge_transform_and_lower (XNNPACK)"
@@ -48,6 +50,11 @@ def export_executorch(model, path: str | os.PathLike, contract: ModelContract) -
         raise ModelError(path, f"ExecuTorch lowering failed: {first_line(e)}") from None
     Path(path).write_bytes(buffer)
     return contract
+
+
+def export(job: Job) -> Written:
+    """The executorch row's exporter (toolkit.formats)."""
+    return Written(export_executorch(job.model, job.path, dataclasses.replace(job.contract, exporter=EXPORTER)))
 
 
 def check_pte_header(path: str | os.PathLike) -> None:

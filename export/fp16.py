@@ -16,6 +16,7 @@ from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
 from toolkit.text import first_line
 
+from .job import Job, Written
 from .onnx_export import embed_contract, graph_opset
 
 METHOD = "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True): float16 weights and compute"
@@ -23,7 +24,7 @@ INSTALL = "pip install 'toolkit[train]'"
 
 
 def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, float_contract: ModelContract,
-                 float_sha256: str) -> None:
+                 float_sha256: str) -> ModelContract:
     """Convert the float32 ONNX file ``src`` into ``dst`` (caller handles atomicity) and label it."""
     import warnings
 
@@ -47,3 +48,9 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, float_contract:
         exporter=f"{float_contract.exporter} + onnxconverter_common.float16",
         extra={**float_contract.extra, "conversion": METHOD, "float_model_sha256": float_sha256})
     embed_contract(dst, contract)
+    return contract
+
+
+def export(job: Job) -> Written:
+    """The fp16 row's exporter (toolkit.formats): float16 from the float32 ONNX file."""
+    return Written(convert_fp16(job.source, job.path, job.source_contract, job.source_sha256), METHOD)

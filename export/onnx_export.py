@@ -10,6 +10,7 @@ from toolkit.errors import ModelError
 from toolkit.text import first_line, runtime_reason
 
 from .defaults import DEFAULT_ONNX_EXPORTER, DEFAULT_OPSET
+from .job import Job, Written
 from .pt2_export import batch_dim
 from .quiet import quiet_torch
 
@@ -54,6 +55,12 @@ def export_onnx(model, path: str | os.PathLike, contract: ModelContract, opset: 
     contract = dataclasses.replace(contract, exporter=EXPORTERS[exporter], opset=written)
     embed_contract(path, contract)
     return contract
+
+
+def export(job: Job) -> Written:
+    """The onnx row's exporter (toolkit.formats): its own contract, with the opset the file declares."""
+    contract = contract_for(job.loaded, job.opset, exporter=EXPORTERS[job.onnx_exporter])
+    return Written(export_onnx(job.model, job.path, contract, opset=job.opset, exporter=job.onnx_exporter))
 
 
 def embed_contract(path: str | os.PathLike, contract: ModelContract) -> None:

@@ -7,18 +7,20 @@ test images and random images at batch sizes 1, 2, 7 and 64, so a batch axis tha
 was frozen at export time shows up as a failure.
 
 A float export passes when every logit satisfies numpy's allclose rule,
-``|out - ref| <= atol + rtol * |ref|``. The INT8 variant is judged on accuracy
-instead, because its logits are meant to differ.
+``|out - ref| <= atol + rtol * |ref|``. The variants (INT8, FP16: rows of toolkit.formats with
+``made_from``) are judged on accuracy instead, because their logits are meant to differ.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
 
+from toolkit import formats as registry
 from toolkit.errors import ModelError
 from toolkit.preprocess import PreprocessSpec
 
@@ -101,14 +103,20 @@ def onnx_runner(path: str | os.PathLike) -> Runner:
     return run
 
 
-def executorch_runner(path: str | os.PathLike) -> Runner:
-    from .executorch_export import executorch_runner as runner
+class _Runners(Mapping):
+    """Format name -> the runner its row names (toolkit.formats), imported when a file is validated."""
 
-    return runner(path)
+    def __getitem__(self, fmt: str) -> Callable[[str | os.PathLike], Runner]:
+        return registry.load(registry.get(fmt).validator)
+
+    def __iter__(self):
+        return iter(registry.NAMES)
+
+    def __len__(self) -> int:
+        return len(registry.NAMES)
 
 
-RUNNERS = {"torchscript": torchscript_runner, "pt2": pt2_runner, "onnx": onnx_runner, "onnx-int8": onnx_runner,
-           "onnx-int8-static": onnx_runner, "onnx-fp16": onnx_runner, "executorch": executorch_runner}
+RUNNERS = _Runners()
 
 
 # ---------------------------------------------------------------- comparing
@@ -173,6 +181,7 @@ def compare(fmt: str, run: Runner, ref: Reference, atol: float, rtol: float) -> 
 
 def validate_file(fmt: str, path: str | os.PathLike, ref: Reference, atol: float, rtol: float) -> Comparison:
     """Load ``path`` from disk as ``fmt`` and compare it; a file that will not load is a failure too."""
+    fmt = registry.get(fmt).name  # an earlier name of the format warns, and the comparison carries the one name
     try:
         run = RUNNERS[fmt](path)
     except ModelError as e:
@@ -193,8 +202,8 @@ def parity_problem(c: Comparison, atol: float, rtol: float) -> str | None:
     return None
 
 
-def int8_problem(c: Comparison, float_accuracy: float, max_drop_points: float) -> str | None:
-    """Why an INT8/FP16 variant fails its accuracy gate; None if it passes."""
+def variant_problem(c: Comparison, float_accuracy: float, max_drop_points: float) -> str | None:
+    """Why a variant (a row with made_from: INT8, FP16) fails its accuracy gate; None if it passes."""
     if c.error:
         return f"{c.format} export is broken: {c.error}"
     drop = (float_accuracy - c.test_accuracy) * 100
@@ -203,3 +212,6 @@ def int8_problem(c: Comparison, float_accuracy: float, max_drop_points: float) -
                 f"{drop:.2f} points lost, the gate allows {max_drop_points:g}; "
                 f"top-1 agreement {c.top1_agreement * 100:.2f}%")
     return None
+
+
+int8_problem = variant_problem  # its earlier name: it judges every variant, FP16 too

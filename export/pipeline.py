@@ -1,4 +1,5 @@
-"""`toolkit export` as a library call: checkpoint -> TorchScript / ONNX / .pt2 (/ INT8) files that passed the gate.
+"""`toolkit export` as a library call: checkpoint -> the files of the formats asked for (toolkit.formats: one row
+each, naming its exporter and runtime), each of which passed its gate.
 
 All or nothing: every artefact is written under a temporary name in the output
 directory, loaded back from disk and validated there, and only when every gate
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit import formats as registry
 from toolkit.atomic import atomic_path, check_writable, file_sha256, prepare_folder, removed_on_failure, write_json
 from toolkit.machine import cpu_info
 from toolkit.errors import CheckpointError, OutputError, ValidationFailed
@@ -27,15 +29,13 @@ from toolkit.train.checkpoint import versions
 
 from . import parity
 from .defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_DROP, DEFAULT_ONNX_EXPORTER, DEFAULT_OPSET,
-                       DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS, VARIANTS)
-from .onnx_export import EXPORTERS, contract_for, export_onnx
-from .pt2_export import EXPORTER as PT2_EXPORTER, export_pt2
-from .report import ExportReport, FormatResult, Inputs, Int8Result, Tolerances
-from .torchscript_export import EXPORTER as TS_EXPORTER, export_torchscript
+                       DEFAULT_RTOL, ONNX_EXPORTERS)
+from .job import Job
+from .onnx_export import contract_for
+from .report import ExportReport, FormatResult, Inputs, Tolerances, VariantResult
 
-SUFFIXES = {"torchscript": ".pt", "pt2": ".pt2", "onnx": ".onnx", "executorch": ".pte", "onnx-int8": ".int8.onnx",
-            "onnx-int8-static": ".int8-static.onnx", "onnx-fp16": ".fp16.onnx", "report": ".export.json"}
-VARIANT_KINDS = {"int8": "onnx-int8", "int8-static": "onnx-int8-static", "fp16": "onnx-fp16"}
+REPORT_SUFFIX = ".export.json"
+SUFFIXES = {**{f.name: f.suffix for f in registry.FORMATS}, "report": REPORT_SUFFIX}
 
 
 CHECKPOINT_KINDS = {"toolkit": "toolkit checkpoint", "state_dict": "state_dict (seed format)",
@@ -51,13 +51,20 @@ def _at_model_size(images: np.ndarray, spec) -> np.ndarray:
     return np.stack([to_model_pixels(image, spec) for image in images])
 
 
-def output_paths(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None, formats, int8: bool,
+def chosen_formats(formats, int8: bool = False, variants=()) -> list[registry.Format]:
+    """The rows named (any format name, an earlier name with a warning; ``int8``/``variants``: the older way of
+    naming the variants), in the registry's order, so a float file is written before what is made from it."""
+    names = {registry.get(n).name for n in (*formats, *variants)} | ({"int8"} if int8 else set())
+    return [f for f in registry.FORMATS if f.name in names]
+
+
+def output_paths(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None, formats, int8: bool = False,
                  variants=()) -> dict:
+    """Format name (and "report") -> the file it is written to."""
     checkpoint = Path(checkpoint)
     folder = Path(out_dir) if out_dir is not None else checkpoint.parent
-    chosen = [v for v in VARIANTS if v in variants or (v == "int8" and int8)]
-    kinds = [f for f in FORMATS if f in formats] + [VARIANT_KINDS[v] for v in chosen] + ["report"]
-    return {k: folder / f"{checkpoint.stem}{SUFFIXES[k]}" for k in kinds}
+    names = [f.name for f in chosen_formats(formats, int8, variants)] + ["report"]
+    return {k: folder / f"{checkpoint.stem}{SUFFIXES[k]}" for k in names}
 
 
 def _versions() -> dict:
@@ -78,25 +85,29 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
     Raises CheckpointError/OutputError (exit 1) before any work, ValidationFailed (exit 4)
     carrying the report when a gate fails. ``source``: an already built (LoadedCheckpoint, model) pair,
     e.g. a user's module (user_module.load_module); ``checkpoint`` then names its weights file.
-    ``variants`` names ONNX variants beyond ``int8`` (``int8-static``, ``fp16``), each judged like INT8.
+    ``formats`` names any rows of toolkit.formats; ``int8`` and ``variants`` are the older way to name the
+    variants (``int8``, ``int8-static``, ``fp16``), each judged on accuracy against the file it is made from.
     """
     from toolkit.train.checkpoint import build_model, load_checkpoint
     from toolkit.train.data import load_mnist
 
     started = time.perf_counter()
-    formats = [f for f in FORMATS if f in formats]
-    if not formats:
-        raise ValueError(f"formats must name at least one of {FORMATS}")
+    chosen = chosen_formats(formats, int8, variants)
+    if not any(f.made_from is None for f in chosen):
+        raise ValueError("formats must name at least one of "
+                         f"{', '.join(f.name for f in registry.FORMATS if f.made_from is None)}")
     if onnx_exporter not in ONNX_EXPORTERS:
         raise ValueError(f"onnx_exporter must be one of {ONNX_EXPORTERS}, got {onnx_exporter!r}")
-    variants = [v for v in VARIANTS if v in variants or (v == "int8" and int8)]
-    if variants and "onnx" not in formats:
-        raise ValueError("the INT8/FP16 variants are made from the ONNX export; include onnx in formats")
+    names = [f.name for f in chosen]
+    for f in chosen:
+        if f.made_from and f.made_from not in names:
+            raise ValueError(f"the {f.name} variant is made from the {f.made_from} export; include {f.made_from} "
+                             "in formats")
     for name, value in {"atol": atol, "rtol": rtol, "int8_max_drop": int8_max_drop}.items():
         if not (math.isfinite(value) and value >= 0):  # a NaN or infinite tolerance switches its gate off
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     loaded = load_checkpoint(checkpoint) if source is None else source[0]
-    paths = output_paths(checkpoint, out_dir, formats, int8, variants)
+    paths = output_paths(checkpoint, out_dir, names)
     created = prepare_folder(paths["report"].parent)
     with removed_on_failure(paths["report"].parent, created):
         for path in paths.values():
@@ -115,37 +126,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
 
         with contextlib.ExitStack() as stack:
             tmp = {k: stack.enter_context(atomic_path(p, replace=force)) for k, p in paths.items() if k != "report"}
-            run = _Run(model, paths, tmp, ref, atol, rtol)
+            run = _Run(paths, tmp, ref, (atol, rtol, int8_max_drop), latency_runs)
             # Same contract in every file; the ONNX-only fields are blank in the torch formats.
-            torch_contract = dataclasses.replace(contract_for(loaded, 0), onnx_version="")
-            if "torchscript" in formats:
-                run.float_format("torchscript", export_torchscript,
-                                 dataclasses.replace(torch_contract, exporter=TS_EXPORTER))
-            if "pt2" in formats:
-                run.float_format("pt2", export_pt2, dataclasses.replace(torch_contract, exporter=PT2_EXPORTER))
-            if "onnx" in formats:
-                run.float_format("onnx", functools.partial(export_onnx, opset=opset, exporter=onnx_exporter),
-                                 contract_for(loaded, opset, exporter=EXPORTERS[onnx_exporter]))
-            if "executorch" in formats:
-                from .executorch_export import EXPORTER as ET_EXPORTER, export_executorch
-
-                run.float_format("executorch", export_executorch,
-                                 dataclasses.replace(torch_contract, exporter=ET_EXPORTER))
-            if "int8" in variants:
-                run.int8(int8_max_drop, latency_runs)
-            if "int8-static" in variants:
-                from .quantize import calibration_indices
-
-                pick = calibration_indices(len(data.train_images))
-                run.variant("onnx-int8-static", int8_max_drop, loaded.preprocess.normalize(
-                    _at_model_size(data.train_images[pick], loaded.preprocess)))
-            if "fp16" in variants:
-                run.variant("onnx-fp16", int8_max_drop)
+            base = Job(model, Path(), loaded, dataclasses.replace(contract_for(loaded, 0), onnx_version=""), opset,
+                       onnx_exporter, calibration=functools.partial(_calibration, data.train_images, loaded.preprocess))
+            for row in chosen:
+                run.write(row, base)
             report = ExportReport(
                 checkpoint=str(checkpoint), checkpoint_sha256=loaded.sha256,
                 checkpoint_kind=CHECKPOINT_KINDS[loaded.kind],
                 architecture=loaded.config.describe(),
-                tolerances=Tolerances(atol, rtol, int8_max_drop if variants else None),
+                tolerances=Tolerances(atol, rtol, int8_max_drop if any(f.made_from for f in chosen) else None),
                 inputs=Inputs(test_images=int(len(ref.test_y)), random_batches=list(parity.RANDOM_BATCHES)),
                 eager={"test_accuracy": ref.accuracy}, formats=run.results, passed=not run.problems,
                 problems=run.problems, timings=run.timings, versions=_versions(),
@@ -155,25 +146,35 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
                 more = len(run.problems) - 1
                 raise ValidationFailed(run.problems[0] + (f" (and {more} more)" if more else "")
                                        + "; nothing was written", report=report)
-        stale = output_paths(checkpoint, out_dir, formats, True)["onnx-int8"]
-        if "int8" not in variants and stale.exists():
-            # Not ours to delete, but a file from another checkpoint must not pass unnoticed.
-            report.notes.append(f"{stale} is from an earlier export and was left as it is (no --int8 this time)")
+        for stale in (f for f in registry.FORMATS if f.made_from and f.name not in names):
+            # Not ours to delete, but a variant made from another checkpoint's file must not pass unnoticed.
+            path = paths["report"].with_name(Path(checkpoint).stem + stale.suffix)
+            if path.exists():
+                report.notes.append(f"{path} is from an earlier export and was left as it is ({stale.name} was not "
+                                    "written this time)")
         report.timings["total_s"] = time.perf_counter() - started
         report.report_file = str(paths["report"])
         write_json(paths["report"], report.to_dict(), replace=force)
         return report
 
 
+def _calibration(train_images, spec) -> np.ndarray:
+    """The static quantizer's calibration inputs: a seeded slice of the training images, normalised."""
+    from .quantize import calibration_indices
+
+    return spec.normalize(_at_model_size(train_images[calibration_indices(len(train_images))], spec))
+
+
 class _Run:
     """One export's artefacts under their temporary names, and what validating them found."""
 
-    def __init__(self, model, paths, tmp, ref, atol, rtol):
-        self.model, self.paths, self.tmp, self.ref, self.atol, self.rtol = model, paths, tmp, ref, atol, rtol
+    def __init__(self, paths, tmp, ref, gates, latency_runs):
+        self.paths, self.tmp, self.ref, self.latency_runs = paths, tmp, ref, latency_runs
+        self.atol, self.rtol, self.max_drop = gates
         self.results: dict[str, FormatResult] = {}
         self.problems: list[str] = []
         self.timings: dict[str, float] = {}
-        self.onnx_contract = None
+        self.contracts = {}  # format name -> the contract its file carries, for what is made from it
 
     def record(self, result_type, c: parity.Comparison, problem: str | None, **extra) -> None:
         tmp = self.tmp[c.format]
@@ -182,58 +183,36 @@ class _Run:
         if problem:
             self.problems.append(f"{self.paths[c.format]}: {problem}")
 
-    def float_format(self, kind: str, export, contract) -> None:
+    def write(self, row: registry.Format, base: Job) -> None:
+        """Write ``row``'s file with its exporter, load it back with its runtime and judge it by its kind."""
+        name, job = row.name, dataclasses.replace(base, path=self.tmp[row.name])
+        if row.made_from:
+            f32 = self.results[row.made_from]
+            if not f32.passed:
+                self.results[name] = VariantResult(format=name, file=str(self.paths[name]),
+                                                   skipped=f"the {row.made_from} file it is made from failed its gate")
+                return
+            job = dataclasses.replace(job, source=self.tmp[row.made_from], source_sha256=f32.sha256,
+                                      source_contract=self.contracts[row.made_from])
         t = time.perf_counter()
-        # An exporter may return the contract it really wrote (ONNX: the opset the file declares).
-        contract = export(self.model, self.tmp[kind], contract) or contract
-        self.timings[f"{kind}_export_s"] = time.perf_counter() - t
-        if kind == "onnx":
-            self.onnx_contract = contract
-        c = parity.validate_file(kind, self.tmp[kind], self.ref, self.atol, self.rtol)
-        self.record(FormatResult, c, parity.parity_problem(c, self.atol, self.rtol), exporter=contract.exporter,
-                    opset=contract.opset if kind == "onnx" else None)
-
-    def int8(self, max_drop: float, latency_runs: int) -> None:
-        from .quantize import METHOD, batch1_latency_us, latency_verdict, quantize_int8
-
-        src, dst, f32 = self.tmp["onnx"], self.tmp["onnx-int8"], self.results["onnx"]
-        if not f32.passed:
-            self.results["onnx-int8"] = Int8Result(format="onnx-int8", file=str(self.paths["onnx-int8"]),
-                                                   skipped="the float32 ONNX export it is made from failed its gate")
+        written = registry.load(row.exporter)(job)
+        self.timings[f"{name}_export_s"] = time.perf_counter() - t
+        self.contracts[name] = written.contract
+        c = parity.validate_file(name, job.path, self.ref, self.atol, self.rtol)
+        if not row.made_from:
+            self.record(FormatResult, c, parity.parity_problem(c, self.atol, self.rtol),
+                        exporter=written.contract.exporter, opset=written.contract.opset or None)
             return
-        t = time.perf_counter()
-        quantize_int8(src, dst, self.onnx_contract, f32.sha256)
-        self.timings["int8_quantize_s"] = time.perf_counter() - t
-        c = parity.validate_file("onnx-int8", dst, self.ref, self.atol, self.rtol)
-        extra = {"method": METHOD, "accuracy_change_points": round((c.test_accuracy - f32.test_accuracy) * 100, 4),
-                 "size_vs_float32": dst.stat().st_size / src.stat().st_size}
-        if c.error is None:
+        extra = {"method": written.method, "size_vs_float32": job.path.stat().st_size / job.source.stat().st_size,
+                 "accuracy_change_points": round((c.test_accuracy - f32.test_accuracy) * 100, 4)}
+        if written.timed and c.error is None:
+            from .quantize import batch1_latency_us, latency_verdict
+
             t = time.perf_counter()
-            lat = batch1_latency_us({"float32": src, "int8": dst}, self.ref.random_x[1], runs=latency_runs)
+            lat = batch1_latency_us({"float32": job.source, row.precision: job.path}, self.ref.random_x[1],
+                                    runs=self.latency_runs)
             self.timings["latency_s"] = time.perf_counter() - t
-            int8_us, float_us = lat["int8"]["median_us"], lat["float32"]["median_us"]
-            extra.update(latency_batch1=lat, faster_than_float32=int8_us < float_us,
-                         latency_verdict=latency_verdict(int8_us, float_us))
-        self.record(Int8Result, c, parity.int8_problem(c, f32.test_accuracy, max_drop), **extra)
-
-    def variant(self, kind: str, max_drop: float, calibration=None) -> None:
-        """Static INT8 (QDQ) or FP16 from the float32 ONNX file, judged on test accuracy like dynamic INT8."""
-        src, dst, f32 = self.tmp["onnx"], self.tmp[kind], self.results["onnx"]
-        if not f32.passed:
-            self.results[kind] = Int8Result(format=kind, file=str(self.paths[kind]),
-                                            skipped="the float32 ONNX export it is made from failed its gate")
-            return
-        t = time.perf_counter()
-        if kind == "onnx-fp16":
-            from .fp16 import METHOD, convert_fp16
-
-            convert_fp16(src, dst, self.onnx_contract, f32.sha256)
-        else:
-            from .quantize import STATIC_METHOD as METHOD, quantize_int8_static
-
-            quantize_int8_static(src, dst, self.onnx_contract, f32.sha256, calibration)
-        self.timings[f"{kind.removeprefix('onnx-')}_export_s"] = time.perf_counter() - t
-        c = parity.validate_file(kind, dst, self.ref, self.atol, self.rtol)
-        extra = {"method": METHOD, "accuracy_change_points": round((c.test_accuracy - f32.test_accuracy) * 100, 4),
-                 "size_vs_float32": dst.stat().st_size / src.stat().st_size}
-        self.record(Int8Result, c, parity.int8_problem(c, f32.test_accuracy, max_drop), **extra)
+            fast_us, float_us = lat[row.precision]["median_us"], lat["float32"]["median_us"]
+            extra.update(latency_batch1=lat, faster_than_float32=fast_us < float_us,
+                         latency_verdict=latency_verdict(fast_us, float_us))
+        self.record(VariantResult, c, parity.variant_problem(c, f32.test_accuracy, self.max_drop), **extra)

@@ -8,6 +8,7 @@ read back with ``torch.export.load(path, extra_files={"toolkit_contract.json": "
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
 from toolkit.text import first_line
 
+from .job import Job, Written
 from .quiet import quiet_torch
 
 EXTRA_FILE = "toolkit_contract.json"
@@ -45,6 +47,11 @@ def export_pt2(model, path: str | os.PathLike, contract: ModelContract) -> Model
         raise ModelError(path, f"torch.export failed: {first_line(e)}") from None
     Path(path).write_bytes(buffer.getbuffer())
     return contract
+
+
+def export(job: Job) -> Written:
+    """The pt2 row's exporter (toolkit.formats)."""
+    return Written(export_pt2(job.model, job.path, dataclasses.replace(job.contract, exporter=EXPORTER)))
 
 
 def load_pt2(path: str | os.PathLike):

@@ -28,6 +28,7 @@ from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
 from toolkit.text import first_line
 
+from .job import Job, Written
 from .onnx_export import embed_contract, graph_opset
 
 CALIBRATION_IMAGES = 1024  # a random slice of the training set (seeded): never the test images it is judged on
@@ -62,7 +63,7 @@ def _quantize(dst, quantize) -> None:
         logging.disable(logging.NOTSET)
 
 
-def _label(dst, float_contract: ModelContract, float_sha256: str, tool: str, method: str, **extra) -> None:
+def _label(dst, float_contract: ModelContract, float_sha256: str, tool: str, method: str, **extra) -> ModelContract:
     contract = dataclasses.replace(
         float_contract,
         precision="int8",
@@ -71,16 +72,17 @@ def _label(dst, float_contract: ModelContract, float_sha256: str, tool: str, met
         extra={**float_contract.extra, "quantization": method, "float_model_sha256": float_sha256, **extra},
     )
     embed_contract(dst, contract)  # also runs onnx.checker with full_check
+    return contract
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, float_contract: ModelContract,
-                  float_sha256: str) -> None:
+                  float_sha256: str) -> ModelContract:
     """Quantize the float ONNX file ``src`` into ``dst`` (caller handles atomicity) and label it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = _float_graph(src)
     _quantize(dst, lambda: quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8))
-    _label(dst, float_contract, float_sha256, "quantize_dynamic", METHOD)
+    return _label(dst, float_contract, float_sha256, "quantize_dynamic", METHOD)
 
 
 def calibration_indices(n_train: int, n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> np.ndarray:
@@ -89,7 +91,7 @@ def calibration_indices(n_train: int, n: int = CALIBRATION_IMAGES, seed: int = C
 
 
 def quantize_int8_static(src: str | os.PathLike, dst: str | os.PathLike, float_contract: ModelContract,
-                         float_sha256: str, calibration_x: np.ndarray, batch: int = 64) -> None:
+                         float_sha256: str, calibration_x: np.ndarray, batch: int = 64) -> ModelContract:
     """Static QDQ quantization of ``src`` into ``dst``, calibrated on ``calibration_x`` (preprocessed inputs)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -106,8 +108,19 @@ def quantize_int8_static(src: str | os.PathLike, dst: str | os.PathLike, float_c
     model = _float_graph(src)
     _quantize(dst, lambda: quantize_static(model, str(dst), Reader(), quant_format=QuantFormat.QDQ,
                                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8))
-    _label(dst, float_contract, float_sha256, "quantize_static", STATIC_METHOD,
-           calibration_images=str(len(calibration_x)))
+    return _label(dst, float_contract, float_sha256, "quantize_static", STATIC_METHOD,
+                  calibration_images=str(len(calibration_x)))
+
+
+def export_dynamic(job: Job) -> Written:
+    """The int8 row's exporter (toolkit.formats): dynamic INT8 from the float ONNX file, timed at batch 1."""
+    return Written(quantize_int8(job.source, job.path, job.source_contract, job.source_sha256), METHOD, timed=True)
+
+
+def export_static(job: Job) -> Written:
+    """The int8-static row's exporter: static QDQ from the float ONNX file, calibrated on training images."""
+    return Written(quantize_int8_static(job.source, job.path, job.source_contract, job.source_sha256,
+                                        job.calibration()), STATIC_METHOD)
 
 
 def batch1_latency_us(paths: dict[str, str | os.PathLike], x1: np.ndarray, runs: int = 2000, warmup: int = 200,

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 from .parity import Comparison
 
+REPORT_SCHEMA_VERSION = "2"
+
 
 @dataclass
 class FormatResult(Comparison):
@@ -20,8 +22,9 @@ class FormatResult(Comparison):
 
 
 @dataclass
-class Int8Result(FormatResult):
-    """The INT8 variant, judged on test accuracy against the float32 ONNX file."""
+class VariantResult(FormatResult):
+    """A variant (INT8, FP16: a row of toolkit.formats with made_from), judged on test accuracy against the float32
+    file it is made from."""
 
     method: str = ""
     judged_on: str = "test accuracy vs float32 ONNX; logit tolerances do not apply"
@@ -34,6 +37,9 @@ class Int8Result(FormatResult):
 
     def __post_init__(self):
         self.outside_tolerance = None  # its logits are meant to differ: no count against atol/rtol
+
+
+Int8Result = VariantResult  # its earlier name: it holds FP16 too
 
 
 @dataclass
@@ -67,6 +73,8 @@ class ExportReport:
     machine: dict
     notes: list[str] = field(default_factory=list)
     report_file: str | None = None
+    # 2: formats and timings keyed by the formats' one names (int8, not onnx-int8; docs/export.md)
+    schema_version: str = REPORT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,12 +93,12 @@ def render_table(report: ExportReport) -> str:
     rows = [("format", "file", "size", "max|diff|", "max rel", "top-1 agree", "test acc", "result"),
             ("eager", report.checkpoint, "-", "-", "-", "-", _pct(report.eager["test_accuracy"]), "reference")]
     for fmt, r in report.formats.items():
-        if isinstance(r, Int8Result) and r.skipped:
+        if isinstance(r, VariantResult) and r.skipped:
             rows.append((fmt, r.file, "-", "-", "-", "-", "-", "SKIPPED: " + r.skipped))
             continue
         if r.error:
             result = "FAIL: " + r.error
-        elif isinstance(r, Int8Result):
+        elif isinstance(r, VariantResult):
             result = f"{'ok' if r.passed else 'FAIL'} ({r.accuracy_change_points:+.2f} points)"
         else:
             result = "ok" if r.passed else f"FAIL ({r.outside_tolerance:,} logits outside tolerance)"
@@ -101,8 +109,8 @@ def render_table(report: ExportReport) -> str:
     lines.append(f"float gate: every logit within atol {tol.atol:g} + rtol {tol.rtol:g}*|ref| of the eager "
                  f"model on {report.inputs.test_images:,} test images and random batches of "
                  f"{', '.join(map(str, report.inputs.random_batches))}")
-    int8 = report.formats.get("onnx-int8")
-    if isinstance(int8, Int8Result) and int8.latency_batch1:
+    int8 = report.formats.get("int8")
+    if isinstance(int8, VariantResult) and int8.latency_batch1:
         lat = int8.latency_batch1
         lines.append(f"int8 gate: at most {tol.int8_max_accuracy_drop_points:g} accuracy points lost; "
                      f"size {int8.size_vs_float32 * 100:.0f}% of float32")

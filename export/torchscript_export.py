@@ -8,6 +8,7 @@ as an extra file, so ``toolkit inspect model.pt`` can show it without running th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -16,6 +17,8 @@ from pathlib import Path
 from toolkit.contract import ModelContract
 from toolkit.errors import ModelError
 from toolkit.text import first_line
+
+from .job import Job, Written
 
 EXTRA_FILE = "toolkit_contract.json"
 EXPORTER = "torch.jit.script"
@@ -41,6 +44,13 @@ def export_torchscript(model, path: str | os.PathLike, contract: ModelContract) 
         buffer = io.BytesIO()
         torch.jit.save(scripted, buffer, _extra_files=extra)
     Path(path).write_bytes(buffer.getbuffer())
+
+
+def export(job: Job) -> Written:
+    """The torchscript row's exporter (toolkit.formats)."""
+    contract = dataclasses.replace(job.contract, exporter=EXPORTER)
+    export_torchscript(job.model, job.path, contract)
+    return Written(contract)
 
 
 def load_torchscript(path: str | os.PathLike):

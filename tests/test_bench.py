@@ -94,19 +94,19 @@ def _row(engine, batch, p50, provider="cpu", mode="e2e"):
 
 
 def test_roofline_from_known_rows():
-    results = [_row("ort", 1, 0.08), _row("eager", 1, 0.4), _row("ort", 1024, 20.0)]
+    results = [_row("onnx", 1, 0.08), _row("eager", 1, 0.4), _row("onnx", 1024, 20.0)]
     peaks = {"cpu": Peak("cpu", gflops_median=60.0)}
     flops = 1_133_056
     rows = {r.engine: r for r in roofline(results, peaks, flops)}
     rate = flops * 1024 / 1e9 / 0.020
-    assert rows["ort"].batch == 1024 and rows["ort"].gflops_p50 == pytest.approx(rate)
-    assert rows["ort"].gflops_best == pytest.approx(2 * rate)  # at min latency, half the p50 here
-    assert rows["ort"].fraction_of_peak == pytest.approx(rate / 60.0)
+    assert rows["onnx"].batch == 1024 and rows["onnx"].gflops_p50 == pytest.approx(rate)
+    assert rows["onnx"].gflops_best == pytest.approx(2 * rate)  # at min latency, half the p50 here
+    assert rows["onnx"].fraction_of_peak == pytest.approx(rate / 60.0)
     assert rows["eager"].batch == 1 and rows["eager"].peak_gflops_median == 60.0
     # Without a FLOP count (an older export) the rows say so with nulls, never a guess.
     assert all(r.gflops_p50 is None and r.fraction_of_peak is None for r in roofline(results, peaks, None))
     # On CUDA the roof is compared with the resident-buffer mode, not e2e.
-    cuda = [_row("ort", 8, 1.0, "cuda", "e2e"), _row("ort", 8, 0.5, "cuda", "device")]
+    cuda = [_row("onnx", 8, 1.0, "cuda", "e2e"), _row("onnx", 8, 0.5, "cuda", "device")]
     assert roofline(cuda, {}, flops)[0].mode == "device"
 
 
@@ -118,12 +118,17 @@ def test_goals_script_judges_a_bench_json(tmp_path):
         import bench_goals
     finally:
         sys.path.pop(0)
-    doc = {"model": {"flops_per_image": 1_133_056}, "peak": {"cpu": asdict(Peak("cpu", gflops_median=60.0))},
-           "results": [asdict(r) for r in (_row("ort", 1, 0.08), _row("eager", 1, 0.4), _row("ort", 1024, 20.0))]}
-    (met1, ok1), (met2, ok2) = bench_goals.goals(doc)
+    doc = {"schema_version": "3", "model": {"flops_per_image": 1_133_056},
+           "peak": {"cpu": asdict(Peak("cpu", gflops_median=60.0))},
+           "results": [asdict(r) for r in (_row("onnx", 1, 0.08), _row("eager", 1, 0.4), _row("onnx", 1024, 20.0))]}
     rate = 1_133_056 * 1024 / 1e9 / 0.020
-    assert ok1 is True and "0.200" in met1
-    assert ok2 is (rate / 60.0 >= 0.85) and f"{rate / 60.0:.3f}" in met2
+    # a file of schema 1 or 2 names the ONNX Runtime engine "ort": judged the same
+    old = {**doc, "schema_version": "2", "results": [{**r, "engine": "ort"} if r["engine"] == "onnx" else r
+                                                     for r in doc["results"]]}
+    for judged in (doc, old, {k: v for k, v in old.items() if k != "schema_version"}):
+        (met1, ok1), (met2, ok2) = bench_goals.goals(judged)
+        assert ok1 is True and "0.200" in met1
+        assert ok2 is (rate / 60.0 >= 0.85) and f"{rate / 60.0:.3f}" in met2
     doc["results"] = doc["results"][:1]
     assert [ok for _, ok in bench_goals.goals(doc)] == [None, None]  # not evaluated, never counted as met
     path = tmp_path / "bench.json"
@@ -162,7 +167,7 @@ LATENCY = {"p50", "p90", "p99", "mean", "min", "max"}
 
 def _check_schema(doc):
     num = (int, float)
-    assert doc["schema_version"] == "2"
+    assert doc["schema_version"] == "3"
     assert isinstance(doc["created"], str)
     assert doc["command"].startswith("toolkit bench --model ") and " --batch-sizes 1,4 --warmup 1 --runs 5" in doc["command"]
     m = doc["model"]
@@ -209,16 +214,16 @@ def test_bench_json_schema_table_and_plot(tiny_onnx, tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     _check_schema(doc)
-    assert [(e["engine"], e["provider"]) for e in doc["engines"]] == [("ort", "cpu"), ("eager", "cpu")]
+    assert [(e["engine"], e["provider"]) for e in doc["engines"]] == [("onnx", "cpu"), ("eager", "cpu")]
     ort = doc["engines"][0]
     assert ort["providers_used"] == ["CPUExecutionProvider"]
     assert ort["config"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
     assert ort["config"]["intra_op_num_threads"] == doc["settings"]["threads"]
-    assert {s["engine"] for s in doc["skipped"]} == {"ort-int8", "ort-int8-static", "ort-fp16", "torchscript", "pt2",
+    assert {s["engine"] for s in doc["skipped"]} == {"int8", "int8-static", "fp16", "torchscript", "pt2",
                                                      "executorch"}  # their files are absent
     assert len(doc["results"]) == 4 and {r["mode"] for r in doc["results"]} == {"e2e"}
-    ort4 = next(r for r in doc["results"] if r["engine"] == "ort" and r["batch"] == 4)
-    ort_roof = next(r for r in doc["roofline"] if r["engine"] == "ort")
+    ort4 = next(r for r in doc["results"] if r["engine"] == "onnx" and r["batch"] == 4)
+    ort_roof = next(r for r in doc["roofline"] if r["engine"] == "onnx")
     assert ort_roof["gflops_p50"] == pytest.approx(doc["model"]["flops_per_image"] * 4 / 1e9
                                                    / (ort4["latency_ms"]["p50"] / 1e3))
     assert ort_roof["fraction_of_peak"] == pytest.approx(ort_roof["gflops_p50"] / doc["peak"]["cpu"]["gflops_median"])
@@ -272,13 +277,13 @@ def test_existing_json_needs_force(tiny_onnx, tmp_path):
 def test_cuda_unavailable_exits_5_with_the_reason(tiny_onnx):
     if _cuda_usable(tiny_onnx):
         pytest.skip("CUDA works here; the refusal path needs a machine without it")
-    proc = _run_toolkit(["bench", "--model", str(tiny_onnx), "--provider", "cuda", "--engines", "ort",
+    proc = _run_toolkit(["bench", "--model", str(tiny_onnx), "--provider", "cuda", "--engines", "onnx",
                          "--runs", "2"], cwd=tiny_onnx.parent)
     assert proc.returncode == 5
     assert proc.stdout == ""  # not a single number, CPU or otherwise
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("toolkit: error: --provider cuda: engine ort: onnxruntime: CUDA provider could not")
+    assert lines[0].startswith("toolkit: error: --provider cuda: engine onnx: onnxruntime: CUDA provider could not")
     assert "\x1b[" not in proc.stderr  # ORT's coloured log lines stay out of the user's face
 
 
@@ -286,7 +291,7 @@ def test_provider_all_lists_cuda_as_skipped(tiny_onnx, tmp_path):
     if _cuda_usable(tiny_onnx):
         pytest.skip("CUDA works here")
     out = tmp_path / "r.json"
-    args = ["bench", "--model", str(tiny_onnx), *FAST, "--engines", "ort", "--no-peak", "--json", str(out)]
+    args = ["bench", "--model", str(tiny_onnx), *FAST, "--engines", "onnx", "--no-peak", "--json", str(out)]
     args[args.index("cpu")] = "all"
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -294,7 +299,7 @@ def test_provider_all_lists_cuda_as_skipped(tiny_onnx, tmp_path):
     assert {r["provider"] for r in doc["results"]} == {"cpu"}
     cuda = [s for s in doc["skipped"] if s["provider"] == "cuda"]
     assert cuda and "CUDA" in cuda[0]["reason"]
-    assert "skipped   ort on cuda: onnxruntime: CUDA provider could not be loaded" in result.output
+    assert "skipped   onnx on cuda: onnxruntime: CUDA provider could not be loaded" in result.output
 
 
 # ---------------------------------------------------------------- the ONNX-only path without torch
@@ -314,7 +319,7 @@ def test_onnx_only_path_runs_without_torch(tiny_onnx, tiny_run, tmp_path):
                         cwd=tmp_path, pythonpath_first=shim)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
-    assert {e["engine"] for e in doc["engines"]} == {"ort"}
+    assert {e["engine"] for e in doc["engines"]} == {"onnx"}
     assert doc["environment"]["torch"] is None
     assert not marker.exists(), "the ONNX-only run tried to import torch"
 
@@ -324,7 +329,7 @@ def test_onnx_only_path_runs_without_torch(tiny_onnx, tiny_run, tmp_path):
                         cwd=tmp_path, pythonpath_first=shim)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
-    assert {e["engine"] for e in doc["engines"]} == {"ort"}
+    assert {e["engine"] for e in doc["engines"]} == {"onnx"}
     eager = next(s for s in doc["skipped"] if s["engine"] == "eager")
     assert "torch cannot be imported" in eager["reason"] and "blocked" in eager["reason"]
     assert "torch cannot be imported" in proc.stdout
@@ -347,7 +352,7 @@ def test_int8_label_comes_from_the_contract(tiny_onnx, tiny_run):
     from toolkit.runtime import create_session, read_contract
 
     int8 = tiny_onnx.with_name("model.int8.onnx")
-    settings = BenchSettings(model=tiny_onnx, provider="cpu", batch_sizes=(1,), warmup=0, runs=2, engines=("ort-int8",),
+    settings = BenchSettings(model=tiny_onnx, provider="cpu", batch_sizes=(1,), warmup=0, runs=2, engines=("int8",),
                              peak=False)
     shutil.copy(tiny_onnx, int8)  # a float file under the INT8 name is labelled by what it says it is
     report = run_bench(settings, ORT_ENGINES)

@@ -219,12 +219,12 @@ def test_realworld_set_is_deterministic_and_covers_every_format(mnist, tmp_path)
 def test_bench_times_the_cnn_export(cnn_run, tmp_path):
     out = tmp_path / "bench.json"
     result = invoke("bench", "--model", cnn_run[0].with_suffix(".onnx"), "--provider", "cpu", "--engines",
-                    "ort,eager", "--batch-sizes", "1,8", "--runs", "5", "--json", out)
+                    "onnx,eager", "--batch-sizes", "1,8", "--runs", "5", "--json", out)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     from toolkit.train.cnn import CNNConfig
 
     assert doc["model"]["flops_per_image"] == CNNConfig().flops_per_image()
     engines = {(r["engine"], r["batch"]) for r in doc["results"]}
-    assert engines == {("ort", 1), ("ort", 8), ("eager", 1), ("eager", 8)}
+    assert engines == {("onnx", 1), ("onnx", 8), ("eager", 1), ("eager", 8)}
     assert all(np.isfinite(r["throughput_ips"]) and r["throughput_ips"] > 0 for r in doc["results"])

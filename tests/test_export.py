@@ -116,7 +116,7 @@ def test_int8_variant_is_judged_and_measured(tiny_export):
 
     from toolkit.runtime import Predictor
 
-    r = tiny_export.formats["onnx-int8"]
+    r = tiny_export.formats["int8"]
     f32 = tiny_export.formats["onnx"]
     path = Path(r.file)
     assert path.name == "model.int8.onnx" and path.exists()
@@ -265,7 +265,7 @@ def test_int8_gate_fails_on_a_model_that_lost_accuracy(reference, tiny_run, tmp_
     torch.manual_seed(1)
     path = tmp_path / "untrained.int8.onnx"
     export_onnx(ToolkitNN().eval(), path, contract_for(load_checkpoint(tiny_run[0]), 17, precision="int8"))
-    c = validate_file("onnx-int8", path, reference, 1e-4, 1e-5)
+    c = validate_file("int8", path, reference, 1e-4, 1e-5)
     problem = int8_problem(c, reference.accuracy, 0.3)
     assert c.error is None and problem and "points lost, the gate allows 0.3" in problem
     assert int8_problem(c, c.test_accuracy, 0.3) is None
@@ -369,7 +369,8 @@ def test_existing_outputs_need_force_and_are_replaced_atomically(tiny_ckpt):
 
     refused = run_export(tiny_ckpt)
     assert refused.exit_code == 1
-    assert refused.output.strip() == f"toolkit: error: {folder / 'model.pt'}: already exists; pass --force to replace it"
+    # the first file in the formats' order (toolkit.formats) is the one named
+    assert refused.output.strip() == f"toolkit: error: {folder / 'model.onnx'}: already exists; pass --force to replace it"
     assert {n: (sha(folder / n), (folder / n).stat().st_ino) for n in exported_files(folder)} == before
 
     forced = run_export(tiny_ckpt, "--force")

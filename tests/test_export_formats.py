@@ -147,7 +147,7 @@ def test_default_formats_stay_onnx_and_torchscript(tiny_ckpt):
 def test_int8_as_a_format_name(tiny_ckpt):
     result = CliRunner().invoke(cli, ["export", str(tiny_ckpt), "--formats", "onnx,int8"])
     assert result.exit_code == 0, result.output
-    assert report_of(tiny_ckpt.parent)["formats"]["onnx-int8"]["passed"]
+    assert report_of(tiny_ckpt.parent)["formats"]["int8"]["passed"]
     alone = CliRunner().invoke(cli, ["export", str(tiny_ckpt), "--formats", "int8", "--force"])
     assert alone.exit_code == 2 and "include onnx" in alone.output
 
@@ -255,7 +255,7 @@ def test_static_int8_is_qdq_calibrated_and_within_the_accuracy_gate(all_formats)
 
     _, out = all_formats
     report = report_of(out)
-    static, f32 = report["formats"]["onnx-int8-static"], report["formats"]["onnx"]
+    static, f32 = report["formats"]["int8-static"], report["formats"]["onnx"]
     assert static["passed"] and "QDQ" in static["method"] and "1024 training images" in static["method"]
     assert static["accuracy_change_points"] == pytest.approx((static["test_accuracy"] - f32["test_accuracy"]) * 100,
                                                              abs=1e-3)
@@ -279,16 +279,16 @@ def test_static_int8_gate_fails_when_calibration_is_wrong(all_formats, tiny_run,
     contract = ModelContract.from_metadata(meta, "model.onnx")
     blank = ck.preprocess.normalize(np.zeros((64, 28, 28), dtype=np.uint8))
     quantize_int8_static(out / "model.onnx", tmp_path / "bad.onnx", contract, "0" * 64, blank)
-    c = validate_file("onnx-int8-static", tmp_path / "bad.onnx", ref, 1e-4, 1e-5)
+    c = validate_file("int8-static", tmp_path / "bad.onnx", ref, 1e-4, 1e-5)
     problem = int8_problem(c, ref.accuracy, 0.3)
-    assert problem and problem.startswith("onnx-int8-static test accuracy"), problem
+    assert problem and problem.startswith("int8-static test accuracy"), problem
 
 
 def test_fp16_keeps_float32_inputs_and_passes_its_accuracy_gate(all_formats):
     import onnx
 
     _, out = all_formats
-    fp16 = report_of(out)["formats"]["onnx-fp16"]
+    fp16 = report_of(out)["formats"]["fp16"]
     assert fp16["passed"] and abs(fp16["accuracy_change_points"]) <= 0.3
     assert 0 < fp16["max_abs_diff"] < 0.1  # float16 rounding, not an error
     proto = onnx.load(str(out / "model.fp16.onnx"))
@@ -316,9 +316,9 @@ def test_fp16_gate_fails_on_a_model_with_wrong_weights(all_formats, tiny_run, mn
     onnx.save(proto, str(tmp_path / "shuffled.onnx"))
     contract = ModelContract.from_metadata({p.key: p.value for p in proto.metadata_props}, "x")
     convert_fp16(tmp_path / "shuffled.onnx", tmp_path / "bad.fp16.onnx", contract, "0" * 64)
-    c = validate_file("onnx-fp16", tmp_path / "bad.fp16.onnx", ref, 1e-4, 1e-5)
+    c = validate_file("fp16", tmp_path / "bad.fp16.onnx", ref, 1e-4, 1e-5)
     problem = int8_problem(c, ref.accuracy, 0.3)
-    assert problem and problem.startswith("onnx-fp16 test accuracy"), problem
+    assert problem and problem.startswith("fp16 test accuracy"), problem
 
 
 def test_executorch_without_its_package_is_listed_with_the_install_command(tiny_run, tmp_path):
@@ -357,22 +357,21 @@ def test_bench_formats_table_has_every_format_with_accuracy_and_ratios(formats_b
     assert result.exit_code == 0, result.output
     doc = json.loads((docs / "f.json").read_text())
     rows = {r["engine"]: r for r in doc["formats"]["rows"]}
-    expected = {"ort", "ort-int8", "ort-int8-static", "ort-fp16", "torchscript", "pt2", "eager"}
+    expected = {"onnx", "int8", "int8-static", "fp16", "torchscript", "pt2", "eager"}
     expected |= {"executorch"} if HAS_EXECUTORCH else set()
     expected |= {"openvino"} if HAS_OPENVINO else set()
     assert set(rows) == expected
     assert {e["engine"] for e in doc["bench"]["engines"]} == expected
     assert sorted({r["batch"] for r in doc["bench"]["results"]}) == [1, 1024]
     export = report_of(out)
-    for engine, fmt in {"ort": "onnx", "ort-int8": "onnx-int8", "ort-int8-static": "onnx-int8-static",
-                        "ort-fp16": "onnx-fp16", "torchscript": "torchscript", "pt2": "pt2",
-                        "executorch": "executorch"}.items():
+    for engine in ("onnx", "int8", "int8-static", "fp16", "torchscript", "pt2", "executorch"):
+        fmt = engine  # one name per format: the export report's key is the bench engine's name
         if engine in rows:
             # the same files through their own runtimes: the export gate's accuracy, to a few images
             assert rows[engine]["accuracy"] == pytest.approx(export["formats"][fmt]["test_accuracy"], abs=5e-4), engine
             assert rows[engine]["size_bytes"] == export["formats"][fmt]["size_bytes"]
     assert rows["eager"]["max_abs_logit_diff"] == 0 and rows["eager"]["batch1_p50_vs_eager"] == 1
-    for engine in ("ort", "torchscript", "pt2") + (("executorch",) if HAS_EXECUTORCH else ()):
+    for engine in ("onnx", "torchscript", "pt2") + (("executorch",) if HAS_EXECUTORCH else ()):
         assert rows[engine]["max_abs_logit_diff"] <= 1e-4, engine
     for row in rows.values():
         assert row["batch1_p50_ms"] > 0 and row["batch_large_ips"] > 0
@@ -399,7 +398,7 @@ def test_bench_formats_refusals(tiny_onnx, tmp_path):
     assert no_pth.exit_code == 1 and "model.pth" in no_pth.output and "Traceback" not in no_pth.output
     md_alone = CliRunner().invoke(cli, ["bench", "--model", str(tiny_onnx), "--markdown", str(tmp_path / "x.md")])
     assert md_alone.exit_code == 2 and "--formats" in md_alone.output
-    both = CliRunner().invoke(cli, ["bench", "--model", str(tiny_onnx), "--formats", "all", "--engines", "ort"])
+    both = CliRunner().invoke(cli, ["bench", "--model", str(tiny_onnx), "--formats", "all", "--engines", "onnx"])
     assert both.exit_code == 2
     unknown = CliRunner().invoke(cli, ["bench", "--model", str(tiny_onnx), "--formats", "tflite"])
     assert unknown.exit_code == 2 and "executorch" in unknown.output

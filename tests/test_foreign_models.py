@@ -373,7 +373,7 @@ def test_bench_times_a_described_fixed_batch_model_at_its_size(foreign_models, t
 
     m = foreign_models["fixed1"]
     out = tmp_path / "bench.json"
-    result = invoke("bench", "--model", m.path, *m.options, "--provider", "cpu", "--engines", "ort",
+    result = invoke("bench", "--model", m.path, *m.options, "--provider", "cpu", "--engines", "onnx",
                     "--batch-sizes", "1,8", "--runs", "3", "--warmup", "1", "--no-peak", "--no-progress",
                     "--json", out)
     assert result.exit_code == EXIT_OK, result.output + result.stderr
@@ -466,7 +466,7 @@ BAD_GRAPHS = {
 
 def _command(command: str, model: Path, *options) -> list:
     return {"predict": ["predict", model.parent / "digit.png", "--model", model],
-            "bench": ["bench", "--model", model, "--runs", "1", "--no-peak", "--no-progress", "--engines", "ort"],
+            "bench": ["bench", "--model", model, "--runs", "1", "--no-peak", "--no-progress", "--engines", "onnx"],
             "inspect": ["inspect", model],
             "draw": ["draw", "--model", model]}[command] + [*options, *(["--provider", "cpu"] if command != "inspect"
                                                                       else [])]

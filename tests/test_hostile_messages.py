@@ -87,7 +87,7 @@ def test_the_runtimes_reason_is_said_whole(tmp_path, case, command):
     path = hostile(folder, case)
     Image.new("L", (28, 28)).save(tmp_path / "digit.png")
     args = {"predict": ["predict", tmp_path / "digit.png", "--model", path, "--provider", "cpu", *OPTIONS],
-            "bench": ["bench", "--model", path, "--runs", "1", "--no-peak", "--no-progress", "--engines", "ort",
+            "bench": ["bench", "--model", path, "--runs", "1", "--no-peak", "--no-progress", "--engines", "onnx",
                       *OPTIONS],
             "inspect": ["inspect", path]}[command]
     line = one_line(CliRunner().invoke(cli, [str(a) for a in args]), path)

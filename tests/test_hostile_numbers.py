@@ -109,7 +109,7 @@ def test_gates_fail_closed_on_nan():
 
     ref = np.ones((2, 10), np.float32)
     assert _diff(ref.copy(), ref, math.nan, 0.0)[2] == ref.size
-    assert int8_problem(Comparison(format="onnx-int8", test_accuracy=math.nan), 0.9, 0.3) is not None
+    assert int8_problem(Comparison(format="int8", test_accuracy=math.nan), 0.9, 0.3) is not None
 
 
 @pytest.mark.parametrize("value", ["18446744073709551616", "-1", "1e3", "nan"])

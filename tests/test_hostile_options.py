@@ -50,7 +50,7 @@ def model(tmp_path, mnist) -> Path:
 def commands(model: Path) -> dict[str, list]:
     """Every command that takes the preprocessing options, as run on a model without a contract."""
     return {"predict": ["predict", model.parent / "digit.png", "--model", model, "--provider", "cpu"],
-            "bench": ["bench", "--model", model, "--runs", "1", "--no-peak", "--no-progress", "--engines", "ort"],
+            "bench": ["bench", "--model", model, "--runs", "1", "--no-peak", "--no-progress", "--engines", "onnx"],
             "inspect": ["inspect", model],
             "draw": ["draw", "--model", model, "--provider", "cpu"],
             "stamp": ["export", model, "--out", model.parent / "stamped.onnx"]}

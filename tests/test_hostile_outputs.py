@@ -137,7 +137,7 @@ def test_predict_confusion_on_a_full_disk(full_disk, tiny_onnx, mnist, tmp_path)
 
 @pytest.mark.parametrize("option,name", [("--json", "old.json"), ("--plot", "old.png")])
 def test_bench_outputs_on_a_full_disk(full_disk, tiny_onnx, option, name):
-    done = toolkit("bench", "--model", tiny_onnx, *BENCH_FAST, "--engines", "ort", option, full_disk / name,
+    done = toolkit("bench", "--model", tiny_onnx, *BENCH_FAST, "--engines", "onnx", option, full_disk / name,
                    "--force")
     line = one_error_line(done.stderr.decode())
     assert done.returncode == 1 and str(full_disk / name) in line and "No space left" in line
@@ -176,7 +176,7 @@ def test_file_size_limit_is_reported_like_a_full_disk(tiny_onnx, mnist, tmp_path
     line = one_error_line(done.stderr.decode())
     assert done.returncode == 1 and str(tmp_path / "out.csv") in line and "File too large" in line
     assert (tmp_path / "out.csv").read_bytes() == b"older results" and no_part_files(tmp_path)
-    done = toolkit("bench", "--model", tiny_onnx, *BENCH_FAST, "--engines", "ort", "--json", tmp_path / "b.json",
+    done = toolkit("bench", "--model", tiny_onnx, *BENCH_FAST, "--engines", "onnx", "--json", tmp_path / "b.json",
                    preexec_fn=_file_size_limit(1000))
     line = one_error_line(done.stderr.decode())
     assert done.returncode == 1 and str(tmp_path / "b.json") in line and "nothing was written" in line

@@ -38,7 +38,7 @@ from toolkit.predict.local import WORKERS_PER_CPU
 from toolkit.preprocess import INK_MIN, is_blank, to_model_pixels
 from toolkit.runtime import Predictor
 
-FAST_BENCH = ["--provider", "cpu", "--warmup", "0", "--runs", "2", "--no-peak", "--no-progress", "--engines", "ort"]
+FAST_BENCH = ["--provider", "cpu", "--warmup", "0", "--runs", "2", "--no-peak", "--no-progress", "--engines", "onnx"]
 
 
 def invoke(args):
@@ -83,9 +83,9 @@ def test_bench_times_a_fixed_batch_graph_at_its_size_only(tmp_path, fixed, asked
     doc = json.loads(out.read_text())
     assert {r["batch"] for r in doc["results"]} == {fixed}  # measured, whether asked for or not
     others = [b for b in map(int, asked.split(",")) if b != fixed]
-    skipped = [s for s in doc["skipped"] if s["engine"] == "ort"]
+    skipped = [s for s in doc["skipped"] if s["engine"] == "onnx"]
     assert len(skipped) == 1 and skipped[0]["batch_sizes"] == others and f"fixed at {fixed}" in skipped[0]["reason"]
-    assert f"skipped   ort on cpu at batch {', '.join(map(str, others))}: the graph's batch dimension is fixed" \
+    assert f"skipped   onnx on cpu at batch {', '.join(map(str, others))}: the graph's batch dimension is fixed" \
         in result.output
 
 
@@ -96,7 +96,7 @@ def test_bench_of_a_dynamic_graph_skips_no_batch_size(tmp_path):
     assert invoke(["bench", "--model", model, "--batch-sizes", "1,3", *FAST_BENCH, "--json", out]).exit_code == 0
     doc = json.loads(out.read_text())
     assert sorted({r["batch"] for r in doc["results"]}) == [1, 3]
-    assert not [s for s in doc["skipped"] if s["engine"] == "ort"]
+    assert not [s for s in doc["skipped"] if s["engine"] == "onnx"]
 
 
 @pytest.mark.parametrize("fixed", [1, 4])

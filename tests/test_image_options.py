@@ -225,7 +225,7 @@ def test_bench_times_the_image_pipeline_with_the_model(tmp_path):
     result = run("bench", "--model", model, "--provider", "cpu", "--preprocess", "image", "--labels", "a,b,c",
                  "--mean", "0.5", "--std", "0.5", "--batch-sizes", "4", "--no-peak", "--runs", "20", "--json", out)
     assert result.exit_code == EXIT_OK, result.output
-    rows = {r["mode"]: r for r in json.loads(out.read_text())["results"] if r["engine"] == "ort"}
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["results"] if r["engine"] == "onnx"}
     assert set(rows) == {"e2e", "preprocess+e2e"}
     assert rows["preprocess+e2e"]["latency_ms"]["min"] > rows["e2e"]["latency_ms"]["min"]
     digit = run("bench", "--model", model, "--provider", "cpu", "--labels", "a,b,c", "--mean", "0.5", "--std", "0.5",

@@ -57,7 +57,7 @@ def test_inspect_onnx_json(tiny_export, tiny_run):
 
 
 def test_inspect_int8_onnx_shows_int8_weights(tiny_export):
-    info = json.loads(inspect(_files(tiny_export)["onnx-int8"], "--json").output)
+    info = json.loads(inspect(_files(tiny_export)["int8"], "--json").output)
     assert info["metadata"]["precision"] == "int8"
     assert info["parameters_by_dtype"]["int8"] > info["parameters_by_dtype"]["float32"]
     assert "MatMulInteger" in info["operators"]

@@ -63,7 +63,7 @@ def test_auto_maps_no_cuda_library(tmp_path):
     assert [lib for lib in CUDA_LIBRARIES if lib in maps] == []
 
 
-@pytest.mark.parametrize("command", [["predict", "samples/0"], ["bench", "--engines", "ort", "--runs", "2",
+@pytest.mark.parametrize("command", [["predict", "samples/0"], ["bench", "--engines", "onnx", "--runs", "2",
                                                                   "--warmup", "0", "--no-peak", "--no-progress"]])
 def test_cuda_without_a_driver_is_one_line_and_exit_5(tmp_path, command):
     model = tmp_path / "m.onnx"

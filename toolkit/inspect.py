@@ -17,11 +17,14 @@ from pathlib import Path
 
 from .contract import KEY_PREFIX, decode_metadata
 from .errors import FileProblem, ModelError
+from .formats import FORMATS, of_file
 from .text import runtime_reason
 
-MODEL_FILE = "a model file (expected a .pth checkpoint, .pt TorchScript or .onnx)"
 MODEL_KINDS = {"checkpoint": "a PyTorch checkpoint", "torchscript": "a TorchScript model",
                "pt2": "a torch.export program (.pt2)", "onnx": "an ONNX model"}
+# The files inspect describes: a checkpoint and what export writes, as toolkit.formats names them.
+DESCRIBED = [f for f in FORMATS if f.container in MODEL_KINDS]
+MODEL_FILE = f"a model file (expected a .pth checkpoint or an export's {', '.join(f.suffix for f in DESCRIBED)})"
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # what predict reads: the likeliest mix-up
 SIGNATURES = {  # leading bytes of other files often mistaken for a model
     b"%PDF-": "a PDF document",
@@ -108,13 +111,20 @@ def describe_onnx(path: str | os.PathLike, flags=None) -> dict:
         from .runtime import check_output_width
 
         check_output_width(path, output["shape"][-1:], meta["classes"])
-    info = {"file": str(path), "kind": "onnx", "size_bytes": path.stat().st_size, **info}
+    info = {"file": str(path), "kind": "onnx", **format_field(path, "onnx"), "size_bytes": path.stat().st_size, **info}
     if flags is not None and flags.given:
         info["contract"] = _contract(path, flags)
     elif "contract_version" not in meta:
         info["contract"] = ("none: predict, bench and draw need --labels, --mean and --std for this file, "
                             "or a stamped copy (toolkit export FILE --labels ... --out stamped.onnx)")
     return info
+
+
+def format_field(path: Path, kind: str) -> dict:
+    """{"format": its name in toolkit.formats} for a file whose name and content fit a row (model.int8.onnx holding
+    ONNX is int8); nothing for one that fits none."""
+    row = of_file(Path(path).name, kind)
+    return {"format": row.name} if row else {}
 
 
 def _contract(path: Path, flags) -> dict:

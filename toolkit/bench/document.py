@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from ..timing import Latency
 from .peak import Peak
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: engines named after the formats (onnx, not ort; docs/bench-schema.md)
 
 
 @dataclass

@@ -84,3 +84,20 @@ class Engine:
 
     def open(self, provider: str, threads: int, options: dict) -> Instance:
         raise NotImplementedError
+
+    @classmethod
+    def for_format(cls, row) -> type[Engine]:
+        """This engine bound to a row of toolkit.formats: named after the format, running its <stem><suffix>."""
+        described = {} if "description" in vars(cls) else {
+            "description": f"the {row.name} file written by export (<stem>{row.suffix}: {row.what})"}
+        return type(cls.__name__, (cls,), {"name": row.name, "suffix": row.suffix, "precision": row.precision,
+                                           **described})
+
+
+def format_engines(module: str, classes: dict[str, type[Engine]]) -> dict[str, type[Engine]]:
+    """Name -> engine for every row of toolkit.formats whose engine is one of ``classes`` of ``module``."""
+    from ..formats import FORMATS
+
+    prefix = module + ":"
+    return {f.name: classes[f.engine.removeprefix(prefix)].for_format(f) for f in FORMATS
+            if f.engine.startswith(prefix)}

@@ -1,4 +1,4 @@
-"""ONNX Runtime engines: the exported float32 model and its INT8 variant."""
+"""ONNX Runtime engines: the exported float32 model and the variants made from it (one per row of toolkit.formats)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from .. import runtime
 from ..contract import has_contract
 from ..errors import ModelError, ProviderUnavailable
-from .engine import Case, Engine, Instance
+from .engine import Case, Engine, Instance, format_engines
 
 SPINNING = "1"  # worker threads spin between runs: lowest latency for back-to-back calls
 
@@ -141,33 +141,14 @@ class OrtFileEngine(Engine):
 
 
 class OrtEngine(OrtFileEngine):
-    name = "ort"
-    description = "ONNX Runtime, the exported float32 model"
+    """The float32 ONNX file is the --model itself, whatever its name."""
+
+    name = "onnx"
+    description = "ONNX Runtime, the exported float32 model (--model)"
 
     def artifact(self):
         return self.model
 
 
-class OrtInt8Engine(OrtFileEngine):
-    name = "ort-int8"
-    precision = "int8"
-    description = "ONNX Runtime, the INT8 variant written by export (<stem>.int8.onnx)"
-    suffix = ".int8.onnx"
-
-
-class OrtInt8StaticEngine(OrtFileEngine):
-    name = "ort-int8-static"
-    precision = "int8"
-    description = "ONNX Runtime, the static INT8 (QDQ, calibrated) variant written by export (<stem>.int8-static.onnx)"
-    suffix = ".int8-static.onnx"
-
-
-class OrtFp16Engine(OrtFileEngine):
-    name = "ort-fp16"
-    precision = "float16"
-    description = "ONNX Runtime, the FP16 variant written by export (<stem>.fp16.onnx; float32 in and out)"
-    suffix = ".fp16.onnx"
-
-
-ORT_ENGINES: dict[str, type[Engine]] = {e.name: e for e in (OrtEngine, OrtInt8Engine, OrtInt8StaticEngine,
-                                                             OrtFp16Engine)}
+# One per ONNX row of toolkit.formats, named after the format (onnx, int8, int8-static, fp16).
+ORT_ENGINES: dict[str, type[Engine]] = format_engines(__name__, {c.__name__: c for c in (OrtEngine, OrtFileEngine)})

@@ -15,6 +15,7 @@ import numpy as np
 from .. import __version__, runtime
 from ..atomic import file_sha256
 from ..batch_limits import rows_that_fit
+from ..formats import canonical
 from ..errors import BatchTooLarge, EngineUnavailable, ModelError, ProviderUnavailable
 from ..machine import available_memory, environment, gpu_info, physical_cores
 from ..timing import measure, summarize
@@ -101,7 +102,8 @@ def check_memory(contract, batch: int, engines: int, available: int | None = Non
 
 def _select(settings: BenchSettings, engines: Mapping[str, type[Engine]], skipped: list[Skipped]) -> list[Engine]:
     explicit = settings.engines is not None
-    names = list(settings.engines) if explicit else list(engines)
+    # an earlier name of a format's engine (ort-int8 for int8) still works, with a DeprecationWarning
+    names = [canonical(n) for n in settings.engines] if explicit else list(engines)
     unknown = [n for n in names if n not in engines]
     if unknown:
         raise ValueError(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(engines)}")

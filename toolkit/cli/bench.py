@@ -2,9 +2,29 @@ import shlex
 
 import click
 
+from toolkit import formats as registry
+
 from ..run_guard import DEFAULT_RUN_TIMEOUT
-from .options import CommaList, FiniteFloat, data_dir_option, force_option, model_option, preprocess_options, provider_option, \
-    run_timeout_option
+from .options import (CommaList, FiniteFloat, data_dir_option, force_option, format_name, model_option,
+                      preprocess_options, provider_option, run_timeout_option)
+
+# Besides one engine per format (named after it): the eager reference and OpenVINO on the onnx file.
+OTHER_ENGINES = {"eager": "<stem>.pth, eager PyTorch", "openvino": "the onnx file, OpenVINO's CPU plugin"}
+ENGINES_HELP = ("Comma-separated engines: one per export format, named after it and running its file beside --model ("
+                + ", ".join(f"{f.name}: <stem>{f.suffix}" for f in registry.FORMATS) + "), and "
+                + ", ".join(f"{name} ({what})" for name, what in OTHER_ENGINES.items())
+                + ". Default: every one whose file and library are present (openvino only when named); "
+                  "the others are listed as skipped.")
+
+
+def known_engines() -> dict:
+    """Name -> engine class: each row's engine (toolkit.formats) bound to it, then the eager reference and OpenVINO.
+    The torch side's engines import torch only when opened; without torch they are skipped with why."""
+    from toolkit.bench.openvino_engine import OPENVINO_ENGINES
+    from toolkit.export.bench_engines import EagerEngine
+
+    known = {f.name: registry.load(f.engine).for_format(f) for f in registry.FORMATS}
+    return {**known, EagerEngine.name: EagerEngine, **OPENVINO_ENGINES}
 
 
 def _batch_size(text: str) -> int:
@@ -17,7 +37,8 @@ def _batch_size(text: str) -> int:
     return size
 
 
-NOT_RECORDED = {"json_path", "plot_path", "markdown_path", "progress", "force", "data_dir", "run_timeout"}  # where output goes, not what was measured
+# Where output goes, not what was measured.
+NOT_RECORDED = {"json_path", "plot_path", "markdown_path", "progress", "force", "data_dir", "run_timeout"}
 
 
 def _as_command(ctx: click.Context) -> str:
@@ -50,12 +71,8 @@ def _refuse_shared_paths(model, json_path, plot_path, markdown_path=None) -> Non
 @click.command("bench")
 @model_option
 @provider_option(choices=("auto", "cpu", "cuda", "all"), default="auto")
-@click.option("--engines", type=CommaList(what="engine(s)"), metavar="NAMES",
-              help="Comma-separated engines: ort, ort-int8, ort-int8-static, ort-fp16, torchscript, pt2, "
-                   "executorch, eager, openvino. Default: every one whose file (<stem>.onnx/.int8.onnx/"
-                   ".int8-static.onnx/.fp16.onnx/.pt/.pt2/.pte/.pth beside --model) and library are present; the "
-                   "others are listed as skipped.")
-@click.option("--formats", "formats", type=CommaList(what="engine(s)"), metavar="all|NAMES",
+@click.option("--engines", type=CommaList(format_name, what="engine(s)"), metavar="NAMES", help=ENGINES_HELP)
+@click.option("--formats", "formats", type=CommaList(format_name, what="engine(s)"), metavar="all|NAMES",
               help="One table comparing the exported formats: per engine (all: every one available, or the "
                    "names as for --engines) its file, size, accuracy on the 10,000 MNIST test images through its "
                    "own runtime, max |logit difference| from eager, batch-1 p50 and batch-1024 images/s, and "
@@ -99,18 +116,16 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
     ("h2d", "d2h"; "e2e" includes them).
     """
     from toolkit.atomic import check_writable, write_json
-    from toolkit.bench import ORT_ENGINES, BenchSettings, run_bench
+    from toolkit.bench import BenchSettings, run_bench
     from toolkit.bench.peak import cpu_peak
     from toolkit.bench.plot import require_matplotlib, write_plot
     from toolkit.bench.report import render
     from toolkit.text import printable
-    # The torch side's engines import torch only when opened; without torch they are skipped with why.
-    from toolkit.export.bench_engines import TORCH_ENGINES, cuda_peak
-    from toolkit.bench.openvino_engine import OPENVINO_ENGINES
+    from toolkit.export.bench_engines import cuda_peak
 
     if runs is not None and duration is not None:
         raise click.UsageError("give --runs or --duration, not both")
-    known = {**ORT_ENGINES, **TORCH_ENGINES, **OPENVINO_ENGINES}
+    known = known_engines()
     ctx = click.get_current_context()
     if formats is not None:
         if engines is not None:
@@ -142,7 +157,7 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
         _formats_table(settings, known, formats, data_dir, json_path, plot_path, markdown_path, progress, force)
         return
     # OpenVINO is another vendor's runtime: timed when named or in the --formats table, not in a plain run.
-    default = known if engines else {k: v for k, v in known.items() if k not in OPENVINO_ENGINES}
+    default = known if engines else {k: v for k, v in known.items() if k != "openvino"}
     report = run_bench(settings, default, {"cpu": cpu_peak, "cuda": cuda_peak}, progress=progress)
     click.echo(render(report))
     if json_path:

@@ -1,13 +1,43 @@
 import click
 
-from toolkit.export.defaults import (DEFAULT_ATOL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_DROP, DEFAULT_ONNX_EXPORTER,
-                                     DEFAULT_OPSET, DEFAULT_RTOL, FORMATS, ONNX_EXPORTERS, VARIANTS,
-                                     missing_requirement)
+from toolkit import formats as registry
+from toolkit.export.defaults import (DEFAULT_ATOL, DEFAULT_INT8_MAX_DROP, DEFAULT_ONNX_EXPORTER, DEFAULT_OPSET,
+                                     DEFAULT_RTOL, ONNX_EXPORTERS)
 
 from ..run_guard import STAMP_RUN_TIMEOUT
-from .options import CommaList, FiniteFloat, data_dir_option, force_option, preprocess_options, run_timeout_option
+from .options import CommaList, FiniteFloat, data_dir_option, force_option, format_name, preprocess_options, \
+    run_timeout_option
 
-NAMES = (*FORMATS, *VARIANTS, "all")  # int8 is the --int8 variant, named like a format
+NAMES = (*registry.NAMES, "all")
+FORMATS_HELP = ("Comma-separated, any of: " + "; ".join(
+    f"{f.name} (<stem>{f.suffix}: {f.what}" + (f"; needs the {f.extra} extra" if f.extra != "train" else "") + ")"
+    for f in registry.FORMATS) + "; all: every format this installation can write. A named format whose package is "
+    "missing exits 2 with the install command. " + ", ".join(f.name for f in registry.FORMATS if f.made_from)
+    + " are made from the onnx file and judged on test accuracy against it.")
+_FILES = {f.name: f"<stem>{f.suffix}" for f in registry.FORMATS}
+HELP = f"""Export a checkpoint (toolkit's own or a seed-style state_dict) to {', '.join(registry.NAMES)}.
+
+    \b
+    Writes {' and '.join(_FILES[n] for n in registry.DEFAULTS)} and the parity report <stem>.export.json
+    (the other formats with --formats NAMES or all; <stem>{registry.BY_NAME['int8'].suffix} also with --int8).
+    Every file is loaded back from disk and compared with the eager model on
+    the 10,000 MNIST test images and random batches of 1, 2, 7 and 64 images.
+    Files appear only if every check passes; on failure nothing is written
+    or replaced and the exit code is 4.
+    Existing outputs are refused (exit 1) unless --force is given.
+
+    \b
+    Stamp once: toolkit export theirs.onnx --labels 0,1,...,9 --mean 0.5
+    --std 0.5 --out stamped.onnx validates their model (onnx.checker, ONNX
+    Runtime, one output per label, finite outputs on random and, for digit
+    labels, real MNIST digits) and writes a copy that needs no options.
+
+    \b
+    Your own module: toolkit export --module mypkg.nets:make_net
+    --weights net.pth --input-shape 1,28,28 --labels 0,1,...,9 --mean 0.5
+    --std 0.5 builds the network with your factory (your code runs),
+    loads the weights and goes through the same exporters and parity gate.
+    """
 # What only an export does; given with a stamp (an ONNX file with --out) they are refused, not ignored.
 EXPORT_ONLY = ("out_dir", "formats", "onnx_exporter", "opset", "atol", "rtol", "int8", "int8_max_drop")
 
@@ -35,30 +65,25 @@ def _input_shape(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
-def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list[str], list[str]]:
-    """(formats to write, ONNX variants, notes on formats left out); a named format that cannot be written is
-    refused (exit 2, one line with the install command)."""
-    missing = {f: missing_requirement(f, onnx_exporter) for f in (*FORMATS, *VARIANTS)}
+def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list[str]]:
+    """(formats to write, notes on formats left out); a named format that cannot be written is refused (exit 2,
+    one line with the install command)."""
+    missing = {f.name: registry.missing(f, onnx_exporter) for f in registry.FORMATS}
     if "all" in names:
-        return ([f for f in FORMATS if not missing[f]], [v for v in VARIANTS if not missing[v]],
+        return ([f for f, why in missing.items() if not why],
                 [f"{f} not written: it {why}" for f, why in missing.items() if why])
     refused = [f"{f} {missing[f]}" for f in names if missing.get(f)]
     if refused:
         raise click.UsageError("; ".join(refused))
-    return [f for f in names if f in FORMATS], [v for v in names if v in VARIANTS], []
+    return list(names), []
 
 
-@click.command("export")
+@click.command("export", help=HELP)
 @click.argument("checkpoint", type=click.Path(dir_okay=False), required=False)
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Where to write the files (created if missing). Default: beside the checkpoint.")
-@click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True,
-              type=CommaList(str.lower, what="format(s)", choices=NAMES),
-              help="Comma-separated: torchscript (<stem>.pt), onnx (<stem>.onnx), pt2 (<stem>.pt2, a torch.export "
-                   "program), executorch (<stem>.pte, XNNPACK; needs the executorch extra), int8 (same as --int8), "
-                   "int8-static (<stem>.int8-static.onnx, QDQ calibrated on training images), fp16 "
-                   "(<stem>.fp16.onnx); all: every format this installation can write. A named format whose "
-                   "package is missing exits 2 with the install command.")
+@click.option("--formats", default=",".join(registry.DEFAULTS), show_default=True,
+              type=CommaList(format_name, what="format(s)", choices=NAMES), help=FORMATS_HELP)
 @click.option("--onnx-exporter", type=click.Choice(ONNX_EXPORTERS), default=DEFAULT_ONNX_EXPORTER, show_default=True,
               help="dynamo: torch.onnx.export(dynamo=True), built on torch.export; legacy: torch's deprecated "
                    "TorchScript-based exporter (about 40x faster to export this model), while torch still has it.")
@@ -70,10 +95,11 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list
 @click.option("--rtol", type=FiniteFloat(min=0), default=DEFAULT_RTOL, show_default=True,
               help="Parity gate: relative tolerance; a logit passes if |out - ref| <= atol + rtol*|ref|.")
 @click.option("--int8", is_flag=True,
-              help="Also write <stem>.int8.onnx (ONNX Runtime dynamic quantization), judged on test accuracy, "
-                   "with its size and batch-1 latency against float32.")
+              help=f"Also write <stem>{registry.BY_NAME['int8'].suffix} (the same as --formats ...,int8: ONNX Runtime "
+                   "dynamic quantization), judged on test accuracy, with its size and batch-1 latency against float32.")
 @click.option("--int8-max-drop", type=FiniteFloat(min=0), default=DEFAULT_INT8_MAX_DROP, show_default=True,
-              help="INT8 gate: most test-accuracy points it may lose against float32.")
+              help="Accuracy gate of " + ", ".join(f.name for f in registry.FORMATS if f.made_from)
+                   + ": most test-accuracy points each may lose against the float32 file it is made from.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Stamping an ONNX file (CHECKPOINT is a .onnx made elsewhere): where the copy with the "
                    "contract from --labels/--mean/--std/--scale/--polarity goes. The input file is never modified.")
@@ -96,29 +122,6 @@ def _choose(names: tuple[str, ...], onnx_exporter: str) -> tuple[list[str], list
 @preprocess_options
 def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8, int8_max_drop, out, images, module,
             weights, input_shape, run_timeout, data_dir, force, flags) -> None:
-    """Export a checkpoint (toolkit's own or a seed-style state_dict) to TorchScript, ONNX and .pt2.
-
-    \b
-    Writes <stem>.pt, <stem>.onnx and the parity report <stem>.export.json
-    (plus <stem>.pt2 with --formats pt2 or all, <stem>.int8.onnx with --int8).
-    Every file is loaded back from disk and compared with the eager model on
-    the 10,000 MNIST test images and random batches of 1, 2, 7 and 64 images.
-    Files appear only if every check passes; on failure nothing is written
-    or replaced and the exit code is 4.
-    Existing outputs are refused (exit 1) unless --force is given.
-
-    \b
-    Stamp once: toolkit export theirs.onnx --labels 0,1,...,9 --mean 0.5
-    --std 0.5 --out stamped.onnx validates their model (onnx.checker, ONNX
-    Runtime, one output per label, finite outputs on random and, for digit
-    labels, real MNIST digits) and writes a copy that needs no options.
-
-    \b
-    Your own module: toolkit export --module mypkg.nets:make_net
-    --weights net.pth --input-shape 1,28,28 --labels 0,1,...,9 --mean 0.5
-    --std 0.5 builds the network with your factory (your code runs),
-    loads the weights and goes through the same exporters and parity gate.
-    """
     _check_sources(checkpoint, module, weights, input_shape, out, flags)
     if module is None and (out is not None or flags.given):
         _stamp_or_refuse(checkpoint, out, flags, force, (data_dir, images, run_timeout))
@@ -129,12 +132,14 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed
 
-    formats, variants, notes = _choose(formats, onnx_exporter)
-    int8 = int8 or "int8" in variants
-    if (int8 or variants) and "onnx" not in formats:
-        raise click.UsageError("--int8, int8-static and fp16 are made from the ONNX export: include onnx in --formats")
+    formats, notes = _choose(formats + (("int8",) if int8 and "int8" not in formats else ()), onnx_exporter)
     if not formats:
         raise click.UsageError("no format left to write: " + "; ".join(notes))
+    needs = sorted({f.made_from for f in map(registry.get, formats) if f.made_from} - set(formats))
+    if needs:
+        made = ["--int8" if f.name == "int8" and int8 else f.name for f in map(registry.get, formats) if f.made_from]
+        raise click.UsageError(f"{', '.join(made)} {'is' if len(made) == 1 else 'are'} made from the "
+                               f"{' and '.join(needs)} export: include {' and '.join(needs)} in --formats")
     for note in notes:
         click.echo(note, err=True)
     source = None
@@ -147,9 +152,8 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
         checkpoint = weights
     try:
         report = export_checkpoint(checkpoint, out_dir=out_dir, formats=formats, opset=opset,
-                                   onnx_exporter=onnx_exporter, atol=atol, rtol=rtol, int8=int8,
-                                   int8_max_drop=int8_max_drop, force=force, data_dir=data_dir, source=source,
-                                   variants=variants)
+                                   onnx_exporter=onnx_exporter, atol=atol, rtol=rtol,
+                                   int8_max_drop=int8_max_drop, force=force, data_dir=data_dir, source=source)
     except ValidationFailed as e:
         if e.report is not None:
             click.echo(render_table(e.report), err=True)

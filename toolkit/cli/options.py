@@ -58,6 +58,14 @@ def run_timeout_option(default: float, what: str = "batch"):
              "at most 10 s each (or this, if smaller). Ctrl-C or SIGTERM also stops a run in progress.")
 
 
+def format_name(text: str) -> str:
+    """One item of a --formats/--engines list: lower-cased, an earlier name of a format (toolkit.formats) turned into
+    its one name with a one-line warning on stderr; any other name is left for the choices to judge."""
+    from ..formats import canonical
+
+    return canonical(text.lower(), warn=lambda message: click.echo(f"toolkit: warning: {message}", err=True))
+
+
 force_option = click.option("--force", is_flag=True,
                             help="Replace existing output files. Without it, existing outputs are never overwritten.")
 

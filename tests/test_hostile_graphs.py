@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="si
 
 DIGITS = ",".join(str(d) for d in range(10))
 STAMP = ["--labels", DIGITS, "--mean", "0.5", "--std", "0.5"]
-BENCH = ["--provider", "cpu", "--engines", "ort", "--no-peak", "--no-progress", "--warmup", "0", "--runs", "2"]
+BENCH = ["--provider", "cpu", "--engines", "onnx", "--no-peak", "--no-progress", "--warmup", "0", "--runs", "2"]
 ENDED_WITHIN = 40  # seconds: ended, not hung (the limits below are 1-3 s)
 
 

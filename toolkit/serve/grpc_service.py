@@ -76,7 +76,10 @@ class InferenceServicer:
         return self.m["ServerReadyResponse"](ready=self.app.ready)
 
     async def ModelReady(self, request, context):
-        model = self.app.model(request.name, request.version)
+        try:
+            model = self.app.model(request.name, request.version)
+        except ProtocolError:  # as Triton answers (and tritonclient.http reads a 404): not ready, not an error
+            return self.m["ModelReadyResponse"](ready=False)
         return self.m["ModelReadyResponse"](ready=model.ready and not self.app.draining)
 
     async def ServerMetadata(self, request, context):

@@ -99,7 +99,8 @@ class Server:
             self._log.close()
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log.read_text(errors="replace")
 
     def __enter__(self) -> "Server":
@@ -247,3 +248,30 @@ def reference(model):
     from toolkit.runtime import Predictor
 
     return Predictor.open(model, "cpu")
+
+
+def infer_body(x, outputs: tuple[str, ...] = ()) -> tuple[bytes, dict]:
+    """A binary-extension infer request for the FP32 batch ``x``: (body, headers); outputs come back as JSON."""
+    import json
+
+    import numpy as np
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    head = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                        "parameters": {"binary_data_size": x.nbytes}}]}
+    if outputs:
+        head["outputs"] = [{"name": n, "parameters": {"binary_data": False}} for n in outputs]
+    text = json.dumps(head).encode()
+    return text + x.tobytes(), {"Inference-Header-Content-Length": str(len(text)),
+                                "Content-Type": "application/octet-stream"}
+
+
+def logits_of(answer: bytes):
+    """The FP32 'logits' output of a JSON infer answer, as (N, classes)."""
+    import json
+
+    import numpy as np
+
+    doc = json.loads(answer)
+    (out,) = [o for o in doc["outputs"] if o["name"] == "logits"]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])

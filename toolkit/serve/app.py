@@ -56,6 +56,7 @@ class ServeApp:
         self.started = False
         self.draining = False
         self.inflight = 0  # requests accepted and not yet answered (HTTP and gRPC)
+        self.accepted = 0  # inference requests accepted since start (the drain's log line reports it)
         self.registry = registry_for(lambda: [m.stats for m in self.models.values()])
 
     # ------------------------------------------------------------ life cycle (host-independent)
@@ -95,6 +96,7 @@ class ServeApp:
         if self.draining:
             model.stats.reject("draining")
             raise ProtocolError("the server is shutting down and takes no new requests", 503)
+        self.accepted += 1
 
     def model(self, name: str, version: str = "") -> ServedModel:
         model = self.models.get(name)

@@ -142,7 +142,7 @@ async def _main(app: ServeApp, listen: Listen) -> int:
         log.warning("--drain-timeout %.3g s ran out with %d request(s) unanswered", listen.drain_timeout_s,
                     app.inflight)
         return 1
-    log.warning("stopped; every accepted request was answered")
+    log.warning("stopped; every accepted request was answered (%d accepted)", app.accepted)
     return 0
 
 

@@ -129,18 +129,23 @@ class ServeApp:
             return
         if scope["type"] != "http":
             return
+        held = []  # [True] once this request is accepted: in flight (the drain waits) until its answer is sent
         try:
-            status, body, headers = await self._route(scope, receive)
-        except ProtocolError as e:
-            status, body, headers = e.status, orjson.dumps({"error": str(e)}), list(JSON)
-            if e.retry_after is not None:
-                headers.append((b"retry-after", str(int(e.retry_after)).encode()))
-            if e.status == 401:
-                headers.append((b"www-authenticate", b"Bearer"))
-        except Disconnected:
-            return
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            try:
+                status, body, headers = await self._route(scope, receive, held)
+            except ProtocolError as e:
+                status, body, headers = e.status, orjson.dumps({"error": str(e)}), list(JSON)
+                if e.retry_after is not None:
+                    headers.append((b"retry-after", str(int(e.retry_after)).encode()))
+                if e.status == 401:
+                    headers.append((b"www-authenticate", b"Bearer"))
+            except Disconnected:
+                return
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            if held:
+                self.inflight -= 1
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -153,7 +158,7 @@ class ServeApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _route(self, scope, receive):
+    async def _route(self, scope, receive, held: list):
         path = scope["path"]
         method = scope["method"]
         if path == "/v2/health/live":
@@ -192,18 +197,16 @@ class ServeApp:
             return (200 if ready else 503), orjson.dumps({"name": name, "ready": ready}), list(JSON)
         self.accept(model)
         self.inflight += 1
-        try:
-            with timed(model.stats):
-                body = await self._body(headers, receive)
-                if action == "classify":
-                    view = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("view", ["0"])[0]
-                    answer = await model.classify(body, view not in ("0", "", "false"))
-                    return 200, orjson.dumps(answer), list(JSON)
-                request = parse_infer(body, _text(headers.get(b"inference-header-content-length")))
-                response = await model.infer(request)
-                out, head = encode_infer(response, request)
-        finally:
-            self.inflight -= 1
+        held.append(True)
+        with timed(model.stats):
+            body = await self._body(headers, receive)
+            if action == "classify":
+                view = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("view", ["0"])[0]
+                answer = await model.classify(body, view not in ("0", "", "false"))
+                return 200, orjson.dumps(answer), list(JSON)
+            request = parse_infer(body, _text(headers.get(b"inference-header-content-length")))
+            response = await model.infer(request)
+            out, head = encode_infer(response, request)
         if head is None:
             return 200, out, list(JSON)
         return 200, out, [(b"content-type", b"application/octet-stream"),

@@ -29,7 +29,9 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
-RPCS = {"ServerLive": False, "ServerReady": False, "ModelReady": False,  # value: needs the token
+# value: needs the token. As over HTTP, only server live/ready are open: a model's readiness would tell a
+# client without the token which model names are served.
+RPCS = {"ServerLive": False, "ServerReady": False, "ModelReady": True,
         "ServerMetadata": True, "ModelMetadata": True, "ModelInfer": True}
 
 

@@ -136,7 +136,13 @@ async def _main(app: ServeApp, listen: Listen) -> int:
     if grpc_server is not None:
         await grpc_server.stop(grace=1.0)
     server.should_exit = True
-    await serving
+    try:  # every accepted request is answered by now; what may be left is idle keep-alive connections
+        await asyncio.wait_for(asyncio.shield(serving), 1.0)
+    except (asyncio.TimeoutError, TimeoutError):
+        # A TLS connection's close waits for the client's close_notify, which an idle client never sends:
+        # without this, uvicorn waits its whole graceful-shutdown time and then logs an error.
+        server.force_exit = True
+        await serving
     await app.shutdown()
     if not drained:
         log.warning("--drain-timeout %.3g s ran out with %d request(s) unanswered", listen.drain_timeout_s,

@@ -40,7 +40,7 @@ def _byte_size(ctx, param, value):
     text = str(value).strip().lower().removesuffix("b").removesuffix("i")
     scale = units.get(text[-1:], 1)
     number = text[:-1] if text[-1:] in units else text
-    if not number.isdigit() or int(number) * scale < 1024:
+    if not (number.isascii() and number.isdigit()) or int(number) * scale < 1024:
         raise click.BadParameter(f"{value!r}: a size in bytes of at least 1024, e.g. 16M or 65536", ctx=ctx,
                                  param=param)
     return int(number) * scale

@@ -139,6 +139,8 @@ class ServeApp:
                     headers.append((b"retry-after", str(int(e.retry_after)).encode()))
                 if e.status == 401:
                     headers.append((b"www-authenticate", b"Bearer"))
+                if e.status == 408:  # a client too slow to send its body does not keep the connection
+                    headers.append((b"connection", b"close"))
             except Disconnected:
                 return
             await send({"type": "http.response.start", "status": status, "headers": headers})

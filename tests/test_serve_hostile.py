@@ -336,7 +336,8 @@ class TestSlowClients:
     def test_many_slow_clients_do_not_stop_the_others(self, server):
         results = []
         threads = [threading.Thread(target=lambda: results.append(_raw(server, _head(5000) + b"{"))) for _ in
-                   range(24)]
+                   range(16)] + \
+            [threading.Thread(target=lambda: results.append(_raw(server, b"POST / HTTP/1.1\r\n"))) for _ in range(8)]
         for t in threads:
             t.start()
         time.sleep(BODY_TIMEOUT / 4)
@@ -348,7 +349,23 @@ class TestSlowClients:
             t.join(40)
         assert len(results) == 24
         for got, seconds in results:
-            self._assert_408(got, seconds)
+            assert got.startswith(b"HTTP/1.1 408") and seconds < 30, got[:200]
+
+    @pytest.mark.parametrize("data", [b"", b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"PO"],
+                             ids=["nothing", "headers-unfinished", "request-line-unfinished"])
+    def test_headers_that_never_end(self, server, data):
+        """uvicorn has no deadline of its own on the request line and headers (slowloris): the server's."""
+        got, seconds = _raw(server, data)
+        assert got.startswith(b"HTTP/1.1 408") and b"headers were not complete" in got, got[:200]
+        assert seconds < 30
+
+    def test_unfinished_headers_on_a_keep_alive_connection(self, server):
+        """After one answered request, the next request's headers get the same deadline."""
+        body, headers = infer_body(np.zeros((1, 1, 28, 28), np.float32))
+        first = (f"POST {INFER} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                 + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode() + body
+        got, seconds = _raw(server, first, then=0.1, trickle=b"POST / HTTP/1.1\r\nX-Slow: " + b"y" * 200)
+        assert got.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in got, got[-300:]
 
     def test_a_client_that_disconnects_mid_body(self, server):
         host, port = server.url.split(":")

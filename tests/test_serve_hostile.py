@@ -189,6 +189,16 @@ class TestHugeShapes:
         _refused(server, json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [count],
                                                  "data": ["YQ=="] * min(count, 10 ** 6)}]}).encode(), 400, "BYTES")
 
+    def test_over_max_body_over_grpc(self, server):
+        client = grpcclient.InferenceServerClient(server.grpc)
+        x = grpcclient.InferInput("input", [5500, 1, 28, 28], "FP32")  # 17.2 MB > the default 16M --max-body
+        x.set_data_from_numpy(np.zeros((5500, 1, 28, 28), np.float32))
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("m", [x])
+        assert "RESOURCE_EXHAUSTED" in str(e.value.status())
+        assert client.is_server_ready()
+        client.close()
+
     def test_over_max_body(self, server):
         """18 MB against the default 16M --max-body: 413 from the Content-Length alone, on a keep-alive connection
         (urllib's Connection: close would see the connection reset while it still sends)."""

@@ -272,6 +272,25 @@ def test_drain_under_load_answers_every_accepted_request(tmp_path, sig):
         s.stop()
 
 
+def test_a_drain_timeout_that_runs_out_exits_1(tmp_path):
+    """A request that needs ~1.5 s of compute is in flight and --drain-timeout is 0.2: exit 1, and the log says how
+    many requests were left unanswered."""
+    work = linear_model(tmp_path / "work.onnx", depth=150)
+    s = Server([work, "--drain-timeout", "0.2", "--timeout", "60", "--threads", "1"], tmp_path).start()
+    try:
+        body, headers = infer_body(_x(384))
+        thread = threading.Thread(target=lambda: s.post("/v2/models/work/infer", body, headers=headers, timeout=60),
+                                  daemon=True)
+        thread.start()
+        time.sleep(0.3)  # the 1.2 MB request is read and computing by then
+        s.send(signal.SIGTERM)
+        assert s.proc.wait(60) == 1, s.output()
+        assert "--drain-timeout 0.2 s ran out with 1 request(s) unanswered" in s.output(), s.output()
+        thread.join(30)
+    finally:
+        s.stop()
+
+
 def _replace(path, make) -> None:
     """Replace ``path`` the way a deployment does: write beside it, then rename over it (a new inode)."""
     tmp = path.with_suffix(".new")

@@ -134,10 +134,11 @@ async def _main(app: ServeApp, listen: Listen) -> int:
     app.begin_drain()
     log.warning("draining: %d request(s) in flight", app.inflight)
     drained = await app.drained(listen.drain_timeout_s)
+    unanswered = app.inflight  # counted now: some may still finish while the listeners close below
     if grpc_server is not None:
         await grpc_server.stop(grace=1.0)
     server.should_exit = True
-    try:  # every accepted request is answered by now; what may be left is idle keep-alive connections
+    try:  # once drained, every accepted request is answered; what may be left is idle keep-alive connections
         await asyncio.wait_for(asyncio.shield(serving), 1.0)
     except (asyncio.TimeoutError, TimeoutError):
         # A TLS connection's close waits for the client's close_notify, which an idle client never sends:
@@ -147,7 +148,7 @@ async def _main(app: ServeApp, listen: Listen) -> int:
     await app.shutdown()
     if not drained:
         log.warning("--drain-timeout %.3g s ran out with %d request(s) unanswered", listen.drain_timeout_s,
-                    app.inflight)
+                    unanswered)
         return 1
     log.warning("stopped; every accepted request was answered (%d accepted)", app.accepted)
     return 0

@@ -52,9 +52,9 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pair(files, tmp_path_factory):
-    """Two models in one server: fast0.onnx named 'fast' by --name, slow.onnx by its stem; --timeout 0.1 s, which
-    128 rows of the slow model (~0.5 s) cannot meet."""
-    with Server([files["fast"], files["slow"], "--name", "fast", "--timeout", "0.1", "--max-batch", "8"],
+    """Two models in one server: fast0.onnx named 'fast' by --name, slow.onnx by its stem; --timeout 0.3 s, which
+    256 rows of the slow model (~1 s here) cannot meet."""
+    with Server([files["fast"], files["slow"], "--name", "fast", "--timeout", "0.3", "--max-batch", "8"],
                 tmp_path_factory.mktemp("log")) as s:
         yield s
 
@@ -109,15 +109,15 @@ def test_metrics_have_tritons_names_and_move_with_requests(pair):
 
 
 def test_timeout_answers_504_and_deadline_exceeded(pair):
-    """128 rows of the slow model outlast --timeout 0.1: HTTP 504 and gRPC DEADLINE_EXCEEDED, counted as
+    """256 rows of the slow model outlast --timeout 0.3: HTTP 504 and gRPC DEADLINE_EXCEEDED, counted as
     rejected (timeout); the fast model, same server, still answers."""
     before = pair.metrics()
-    body, headers = infer_body(_x(128), ("logits",))
+    body, headers = infer_body(_x(256), ("logits",))
     status, answer, _ = pair.post("/v2/models/slow/infer", body, headers=headers)
     assert status == 504 and "deadline" in json.loads(answer)["error"]
     client = grpcclient.InferenceServerClient(pair.grpc)
     with pytest.raises(InferenceServerException) as e:
-        client.infer("slow", [_grpc_input(_x(128))])
+        client.infer("slow", [_grpc_input(_x(256))])
     assert "DEADLINE_EXCEEDED" in str(e.value.status())
     after = pair.metrics()
     assert sample(after, "toolkit_rejected_requests_total", model="slow", reason="timeout") - \

@@ -364,9 +364,14 @@ class TestSlowClients:
     @pytest.mark.parametrize("data", [b"", b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"PO"],
                              ids=["nothing", "headers-unfinished", "request-line-unfinished"])
     def test_headers_that_never_end(self, server, data):
-        """uvicorn has no deadline of its own on the request line and headers (slowloris): the server's."""
+        """uvicorn has no deadline of its own on the request line and headers (slowloris): the server's. A begun
+        request gets 408; a connection that never sent a byte is closed without one (a client that reuses an idle
+        connection must not read a stale 408 as its answer)."""
         got, seconds = _raw(server, data)
-        assert got.startswith(b"HTTP/1.1 408") and b"headers were not complete" in got, got[:200]
+        if data:
+            assert got.startswith(b"HTTP/1.1 408") and b"headers were not complete" in got, got[:200]
+        else:
+            assert got == b""
         assert seconds < 30
 
     def test_unfinished_headers_on_a_keep_alive_connection(self, server):

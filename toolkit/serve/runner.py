@@ -167,6 +167,7 @@ def header_deadline(seconds: float):
 
     class HeaderDeadline(HttpToolsProtocol):
         _deadline = None
+        _begun = False  # a request's first byte came: it gets the 408; an idle connection is closed silently
 
         def _arm(self) -> None:
             self._disarm()
@@ -180,7 +181,8 @@ def header_deadline(seconds: float):
         def _expire(self) -> None:
             self._deadline = None
             if not self.transport.is_closing():
-                self.transport.write(answer)
+                if self._begun:  # never to an idle connection: a client reusing it would read it as its answer
+                    self.transport.write(answer)
                 self.transport.close()
 
         def connection_made(self, transport) -> None:
@@ -189,6 +191,7 @@ def header_deadline(seconds: float):
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._begun = True
             self._arm()  # each request on a keep-alive connection
 
         def on_headers_complete(self) -> None:

@@ -3,7 +3,6 @@ the image route against `toolkit predict`'s CSV, errors as the protocol says, ba
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -13,40 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_process import Server, sample
+from serve_process import SAMPLES, Server, digits, model, predict_csv, reference, sample  # noqa: F401 (fixtures)
 
 import tritonclient.http as httpclient  # noqa: E402  (skipped above when missing)
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = sorted((ROOT / "samples").glob("*/*.png"))[::7]  # 15 digits of 10 classes
-
-
-@pytest.fixture(scope="module")
-def model(tiny_onnx_session, tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("serve") / "digits.onnx"
-    dst.write_bytes(tiny_onnx_session.read_bytes())
-    return dst
 
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
     with Server([model, "--max-batch", "16"], tmp_path_factory.mktemp("log")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def reference(model):
-    """The same model on a plain ONNX Runtime session in this process: what the server must return."""
-    from toolkit.runtime import Predictor
-
-    return Predictor.open(model, "cpu")
-
-
-def digits(n: int, seed: int = 0) -> np.ndarray:
-    from toolkit.predict import prepare
-
-    return np.stack([prepare(p) for p in SAMPLES[seed:seed + n]])
 
 
 def test_health_and_metadata_through_tritonclient(server, reference):
@@ -92,17 +67,8 @@ def test_infer_default_outputs_are_binary_logits(server, reference):
     np.testing.assert_allclose(result.as_numpy("logits"), reference.logits(x), rtol=1e-5, atol=1e-6)
 
 
-def _predict_csv(model: Path, files: list[Path], tmp: Path) -> dict[str, dict]:
-    out = tmp / "rows.csv"
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "predict", *map(str, files), "--model", str(model),
-                           "--provider", "cpu", "--top-k", "10", "-o", str(out)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    with open(out, newline="", encoding="utf-8") as f:
-        return {row["path"]: row for row in csv.DictReader(f)}
-
-
 def test_image_route_returns_what_predict_writes(server, model, tmp_path):
-    rows = _predict_csv(model, SAMPLES, tmp_path)
+    rows = predict_csv(model, SAMPLES, tmp_path)
     for path in SAMPLES:
         status, body, headers = server.post("/v2/models/digits/classify", path.read_bytes())
         assert status == 200, body

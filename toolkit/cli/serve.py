@@ -40,7 +40,7 @@ def _byte_size(ctx, param, value):
     text = str(value).strip().lower().removesuffix("b").removesuffix("i")
     scale = units.get(text[-1:], 1)
     number = text[:-1] if text[-1:] in units else text
-    if not number.isdigit() or int(number) * scale < 1024:
+    if not (number.isascii() and number.isdigit()) or int(number) * scale < 1024:
         raise click.BadParameter(f"{value!r}: a size in bytes of at least 1024, e.g. 16M or 65536", ctx=ctx,
                                  param=param)
     return int(number) * scale
@@ -74,8 +74,8 @@ def _byte_size(ctx, param, value):
 @click.option("--max-body", default="16M", show_default=True, callback=_byte_size, metavar="BYTES",
               help="Largest request body (HTTP 413 / gRPC RESOURCE_EXHAUSTED beyond), also after gzip/deflate.")
 @click.option("--body-timeout", "body_timeout_s", type=FiniteFloat(min=0.01), default=10.0, show_default=True,
-              help="Seconds a client has to send its whole body (HTTP 408 beyond): a slow client holds nothing "
-                   "longer.")
+              help="Seconds a client has to send a request's headers, and again its whole body (HTTP 408 "
+                   "beyond): a slow client holds nothing longer.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Concurrent HTTP connections and requests; beyond it HTTP 503.")
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True),

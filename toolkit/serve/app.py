@@ -56,6 +56,7 @@ class ServeApp:
         self.started = False
         self.draining = False
         self.inflight = 0  # requests accepted and not yet answered (HTTP and gRPC)
+        self.accepted = 0  # inference requests accepted since start (the drain's log line reports it)
         self.registry = registry_for(lambda: [m.stats for m in self.models.values()])
 
     # ------------------------------------------------------------ life cycle (host-independent)
@@ -95,6 +96,7 @@ class ServeApp:
         if self.draining:
             model.stats.reject("draining")
             raise ProtocolError("the server is shutting down and takes no new requests", 503)
+        self.accepted += 1
 
     def model(self, name: str, version: str = "") -> ServedModel:
         model = self.models.get(name)
@@ -127,18 +129,25 @@ class ServeApp:
             return
         if scope["type"] != "http":
             return
+        held = []  # [True] once this request is accepted: in flight (the drain waits) until its answer is sent
         try:
-            status, body, headers = await self._route(scope, receive)
-        except ProtocolError as e:
-            status, body, headers = e.status, orjson.dumps({"error": str(e)}), list(JSON)
-            if e.retry_after is not None:
-                headers.append((b"retry-after", str(int(e.retry_after)).encode()))
-            if e.status == 401:
-                headers.append((b"www-authenticate", b"Bearer"))
-        except Disconnected:
-            return
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            try:
+                status, body, headers = await self._route(scope, receive, held)
+            except ProtocolError as e:
+                status, body, headers = e.status, orjson.dumps({"error": str(e)}), list(JSON)
+                if e.retry_after is not None:
+                    headers.append((b"retry-after", str(int(e.retry_after)).encode()))
+                if e.status == 401:
+                    headers.append((b"www-authenticate", b"Bearer"))
+                if e.status == 408:  # a client too slow to send its body does not keep the connection
+                    headers.append((b"connection", b"close"))
+            except Disconnected:
+                return
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            if held:
+                self.inflight -= 1
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -151,7 +160,7 @@ class ServeApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _route(self, scope, receive):
+    async def _route(self, scope, receive, held: list):
         path = scope["path"]
         method = scope["method"]
         if path == "/v2/health/live":
@@ -190,18 +199,16 @@ class ServeApp:
             return (200 if ready else 503), orjson.dumps({"name": name, "ready": ready}), list(JSON)
         self.accept(model)
         self.inflight += 1
-        try:
-            with timed(model.stats):
-                body = await self._body(headers, receive)
-                if action == "classify":
-                    view = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("view", ["0"])[0]
-                    answer = await model.classify(body, view not in ("0", "", "false"))
-                    return 200, orjson.dumps(answer), list(JSON)
-                request = parse_infer(body, _text(headers.get(b"inference-header-content-length")))
-                response = await model.infer(request)
-                out, head = encode_infer(response, request)
-        finally:
-            self.inflight -= 1
+        held.append(True)
+        with timed(model.stats):
+            body = await self._body(headers, receive)
+            if action == "classify":
+                view = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("view", ["0"])[0]
+                answer = await model.classify(body, view not in ("0", "", "false"))
+                return 200, orjson.dumps(answer), list(JSON)
+            request = parse_infer(body, _text(headers.get(b"inference-header-content-length")))
+            response = await model.infer(request)
+            out, head = encode_infer(response, request)
         if head is None:
             return 200, out, list(JSON)
         return 200, out, [(b"content-type", b"application/octet-stream"),

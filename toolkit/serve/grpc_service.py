@@ -29,7 +29,9 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
-RPCS = {"ServerLive": False, "ServerReady": False, "ModelReady": False,  # value: needs the token
+# value: needs the token. As over HTTP, only server live/ready are open: a model's readiness would tell a
+# client without the token which model names are served.
+RPCS = {"ServerLive": False, "ServerReady": False, "ModelReady": True,
         "ServerMetadata": True, "ModelMetadata": True, "ModelInfer": True}
 
 
@@ -76,7 +78,10 @@ class InferenceServicer:
         return self.m["ServerReadyResponse"](ready=self.app.ready)
 
     async def ModelReady(self, request, context):
-        model = self.app.model(request.name, request.version)
+        try:
+            model = self.app.model(request.name, request.version)
+        except ProtocolError:  # as Triton answers (and tritonclient.http reads a 404): not ready, not an error
+            return self.m["ModelReadyResponse"](ready=False)
         return self.m["ModelReadyResponse"](ready=model.ready and not self.app.draining)
 
     async def ServerMetadata(self, request, context):

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ToolkitError
+from ..errors import ModelError, ToolkitError
 from ..preprocess import blank_images
 from ..runtime import Predictor, non_finite_rows
+from ..text import runtime_reason
 from .batcher import Batcher, QueueFull, Stopped, warm, warm_sizes
 from .metrics import ModelStats
 from .protocol import BYTES, InferRequest, InferResponse, ProtocolError, Tensor
@@ -87,7 +88,7 @@ class ServedModel:
     async def start(self) -> None:
         """Warm the loaded predictor at every batch size it will run, then take traffic."""
         predictor, identity = self.loaded
-        await warm(predictor.logits, self._sizes(predictor), self._example(predictor))
+        await self._warm(predictor)
         self.predictor, self.identity = predictor, identity
         self.batcher = Batcher(predictor.logits, self.stats, self.options.max_batch, self.options.max_queue,
                                self.options.max_delay_s, name=self.name)
@@ -105,7 +106,7 @@ class ServedModel:
                 return None
             loaded = await asyncio.get_running_loop().run_in_executor(None, self.open)
             predictor, identity = loaded
-            await warm(predictor.logits, self._sizes(predictor), self._example(predictor))
+            await self._warm(predictor)
         except (ToolkitError, OSError, ValueError) as e:
             self.stats.reloads["failure"] = self.stats.reloads.get("failure", 0) + 1
             self.stats.last_reload_failed = True
@@ -120,6 +121,20 @@ class ServedModel:
         self.ready = False
         if self.batcher is not None:
             await self.batcher.close()
+
+    async def _warm(self, predictor: Predictor) -> None:
+        """One run at each batch size it will see; a size the graph cannot run is the file's error (ModelError),
+        found before the model takes traffic, not by the first request that needs it."""
+        example = self._example(predictor)
+        for n in self._sizes(predictor):
+            try:
+                await warm(predictor.logits, [n], example)
+            except ToolkitError:
+                raise
+            except Exception as e:  # ONNX Runtime's own exception types
+                hint = "; --max-batch 1 serves it one row at a time" if n > 1 else ""
+                raise ModelError(self.path, f"fails its warm-up run at batch size {n} ({runtime_reason(e)}){hint}") \
+                    from None
 
     def _sizes(self, predictor: Predictor) -> list[int]:
         return [predictor.fixed_batch] if predictor.fixed_batch else warm_sizes(self.options.max_batch)
@@ -199,6 +214,11 @@ class ServedModel:
         except Stopped:
             self.stats.reject("draining")
             raise ProtocolError("the server is shutting down", 503) from None
+        except ToolkitError as e:  # the model's own failure on these rows: this request's answer, one line
+            raise ProtocolError(f"model {self.name!r} failed on this request: {getattr(e, 'reason', e)}", 500) \
+                from None
+        except Exception as e:  # ONNX Runtime's exception types
+            raise ProtocolError(f"model {self.name!r} failed on this request: {runtime_reason(e)}", 500) from None
 
     def _output(self, name: str, outputs: np.ndarray, blank, predictor: Predictor) -> Tensor:
         contract = predictor.contract

@@ -30,6 +30,9 @@ BYTES = "BYTES"
 # More inputs or outputs than this in one request is hostile: a model here has one input.
 MAX_TENSORS = 16
 MAX_DIMS = 8
+# BYTES elements in one tensor (image files: the served models take at most 1024 rows a request). Checked before
+# they are split, which costs a Python object each: 3 million one-byte elements fit in the default --max-body.
+MAX_BYTES_ELEMENTS = 1024
 _LENGTH = struct.Struct("<I")
 
 
@@ -107,9 +110,15 @@ def join_bytes(items: list[bytes]) -> bytes:
     return b"".join(_LENGTH.pack(len(b)) + b for b in items)
 
 
+def _check_bytes_count(name: str, count: int) -> None:
+    if count > MAX_BYTES_ELEMENTS:
+        raise ProtocolError(f"input {name!r}: {count} BYTES elements; at most {MAX_BYTES_ELEMENTS} are read")
+
+
 def raw_tensor(name: str, datatype: str, shape: list[int], buf: memoryview) -> object:
     count = elements(shape)
     if datatype == BYTES:
+        _check_bytes_count(name, count)
         return split_bytes(buf, count, name)
     dtype = np.dtype(DTYPES[datatype])
     if len(buf) != count * dtype.itemsize:
@@ -121,23 +130,28 @@ def raw_tensor(name: str, datatype: str, shape: list[int], buf: memoryview) -> o
 def json_tensor(name: str, datatype: str, shape: list[int], data) -> object:
     count = elements(shape)
     if datatype == BYTES:
-        flat = _flatten_strings(data, name)
+        _check_bytes_count(name, count)
+        flat = _flatten_strings(data, name, count)
         if len(flat) != count:
             raise ProtocolError(f"input {name!r}: shape {shape} holds {count} elements, data has {len(flat)}")
         return flat
     try:
-        array = np.asarray(data, dtype=DTYPES[datatype])
+        with np.errstate(over="ignore", invalid="ignore"):  # an out-of-range value is refused just below
+            array = np.asarray(data, dtype=DTYPES[datatype])
     except (ValueError, TypeError, OverflowError):
         raise ProtocolError(f"input {name!r}: data is not a (nested) list of {datatype} numbers") from None
     if array.size != count:
         raise ProtocolError(f"input {name!r}: shape {shape} holds {count} elements, data has {array.size}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # JSON has no NaN/Inf: a number past the range
+        raise ProtocolError(f"input {name!r}: a value is out of {datatype}'s range")
     return array.reshape(shape)
 
 
-def _flatten_strings(data, name: str) -> list[bytes]:
-    """JSON BYTES elements: strings, base64 of the raw bytes (an image file is not text)."""
+def _flatten_strings(data, name: str, count: int) -> list[bytes]:
+    """JSON BYTES elements: strings, base64 of the raw bytes (an image file is not text); decoding stops one past
+    ``count`` (the shape's), enough to tell the mismatch."""
     stack, out = [data], []
-    while stack:
+    while stack and len(out) <= count:
         item = stack.pop()
         if isinstance(item, list):
             stack.extend(reversed(item))
@@ -154,7 +168,7 @@ def _flatten_strings(data, name: str) -> list[bytes]:
 def _header_length(value: str | None, body_size: int) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) > body_size:
+    if not (value.isascii() and value.isdigit()) or int(value) > body_size:  # '²'.isdigit(), int('²') fails
         raise ProtocolError(f"Inference-Header-Content-Length {value[:40]!r} is not a length within the "
                             f"{body_size}-byte body")
     return int(value)
@@ -252,6 +266,9 @@ def encode_infer(response: InferResponse, request: InferRequest) -> tuple[bytes,
             entry["data"] = [b.decode("utf-8", "replace") for b in t.data]
         else:
             entry["data"] = np.ascontiguousarray(t.data).reshape(-1)
+            if entry["data"].dtype.kind == "f" and not np.isfinite(entry["data"]).all():
+                raise ProtocolError(f"output {t.name!r} holds NaN or Inf, which JSON cannot carry (it would read "
+                                    "null); ask for it binary (parameters.binary_data)", 500)
         tensors.append(entry)
     doc = {"model_name": response.model_name, "model_version": response.model_version, "outputs": tensors}
     if response.id:

@@ -92,8 +92,9 @@ async def _main(app: ServeApp, listen: Listen) -> int:
     loop = asyncio.get_running_loop()
     sock = bind(listen.host, listen.port)
     credentials = grpc_credentials(listen)
+    http = header_deadline(app.limits.body_timeout_s) if _has("httptools") else "h11"
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                            http="httptools" if _has("httptools") else "h11", ssl_certfile=listen.certfile,
+                            http=http, ssl_certfile=listen.certfile,
                             ssl_keyfile=listen.keyfile, limit_concurrency=listen.max_connections,
                             timeout_keep_alive=5, timeout_graceful_shutdown=5, server_header=False)
     try:
@@ -133,17 +134,75 @@ async def _main(app: ServeApp, listen: Listen) -> int:
     app.begin_drain()
     log.warning("draining: %d request(s) in flight", app.inflight)
     drained = await app.drained(listen.drain_timeout_s)
+    unanswered = app.inflight  # counted now: some may still finish while the listeners close below
     if grpc_server is not None:
         await grpc_server.stop(grace=1.0)
     server.should_exit = True
-    await serving
+    try:  # once drained, every accepted request is answered; what may be left is idle keep-alive connections
+        await asyncio.wait_for(asyncio.shield(serving), 1.0)
+    except (asyncio.TimeoutError, TimeoutError):
+        # A TLS connection's close waits for the client's close_notify, which an idle client never sends:
+        # without this, uvicorn waits its whole graceful-shutdown time and then logs an error.
+        server.force_exit = True
+        await serving
     await app.shutdown()
     if not drained:
         log.warning("--drain-timeout %.3g s ran out with %d request(s) unanswered", listen.drain_timeout_s,
-                    app.inflight)
+                    unanswered)
         return 1
-    log.warning("stopped; every accepted request was answered")
+    log.warning("stopped; every accepted request was answered (%d accepted)", app.accepted)
     return 0
+
+
+def header_deadline(seconds: float):
+    """uvicorn's httptools protocol, with a deadline on each request's line and headers: uvicorn has none, so a
+    client that never finishes its headers (slowloris) would hold its connection, and with enough of them every
+    --max-connections slot, forever. Past ``seconds`` (--body-timeout) it gets 408 and the connection is closed;
+    the body has the same deadline in the app (ServeApp._body)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    text = b'{"error":"the request headers were not complete within %g s"}' % seconds
+    answer = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n" \
+             b"content-length: %d\r\n\r\n%s" % (len(text), text)
+
+    class HeaderDeadline(HttpToolsProtocol):
+        _deadline = None
+        _begun = False  # a request's first byte came: it gets the 408; an idle connection is closed silently
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                if self._begun:  # never to an idle connection: a client reusing it would read it as its answer
+                    self.transport.write(answer)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()  # a connection that never sends a byte is closed too
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._begun = True
+            self._arm()  # each request on a keep-alive connection
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
 
 
 async def _reload(app: ServeApp) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,31 +133,78 @@ def _serve(args: list, timeout: float = 60) -> subprocess.CompletedProcess:
                            "--port", "0", "--grpc-port", "0"], capture_output=True, text=True, timeout=timeout)
 
 
-def test_ready_only_once_warmed_at_every_batch_size(tmp_path):
-    """A graph that runs at batch 1 only: with --max-batch 4 the warm-up at batch 2 fails before the server is
-    ever ready (exit 1, one line naming the file); with --max-batch 1 it serves, and a request of 2 rows gets the
-    model's failure as one line of JSON (HTTP 500, gRPC INTERNAL) while the server keeps serving."""
-    one_row = linear_model(tmp_path / "one_row.onnx", rows=1)
-    proc = _serve([one_row, "--max-batch", "4"])
+def value_failing_model(path: Path) -> Path:
+    """A real graph that opens, warms up and runs on images, and fails on a request whose first value is past 9:
+    it is a row index into a 10x10 table (ORT: index out of bounds), so the failure comes from the request."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    from toolkit.contract import ModelContract
+    from toolkit.preprocess import PreprocessSpec
+
+    table = numpy_helper.from_array(np.random.default_rng(0).normal(size=(10, 10)).astype(np.float32), "table")
+    consts = [table, numpy_helper.from_array(np.array([0], np.int64), "zero"),
+              numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"]),
+             helper.make_node("Slice", ["flat", "zero", "one", "one"], ["first"]),  # column 0, shape (N, 1)
+             helper.make_node("Squeeze", ["first", "one"], ["first1"]),
+             helper.make_node("Cast", ["first1"], ["index"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["table", "index"], ["logits"], axis=0)]
+    graph = helper.make_graph(nodes, "by_value",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    contract = ModelContract(input_name="input", input_shape=["batch", 1, 28, 28], input_dtype="float32",
+                             output_name="logits", classes=[str(i) for i in range(10)], preprocess=PreprocessSpec(),
+                             exporter="tests/test_serve_ops.py", opset=17)
+    helper.set_model_props(model, contract.to_metadata())
+    onnx.save(model, str(path))
+    return path
+
+
+def test_ready_only_once_the_batch_sizes_it_runs_are_known(tmp_path):
+    """A graph that runs at no batch size the model's opening finds (3 rows only) is refused before the server is
+    ever ready (exit 1, one line naming the file); one that runs at batch 1 only is served with --max-batch 4 in
+    chunks of one row (as predict runs it), its answers those of single-row requests."""
+    three_rows = linear_model(tmp_path / "three_rows.onnx", rows=3)
+    proc = _serve([three_rows, "--max-batch", "4"])
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "serving" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert str(one_row) in last and "warm-up" in last and "batch size 2" in last and "--max-batch 1" in last
-    with Server([one_row, "--max-batch", "1"], tmp_path) as s:
+    assert str(three_rows) in last and "batch" in last, last
+    one_row = linear_model(tmp_path / "one_row.onnx", rows=1)
+    with Server([one_row, "--max-batch", "4"], tmp_path) as s:
         assert sample(s.metrics(), "nv_inference_exec_count", model="one_row") == 0  # warm-up is not traffic
-        body, headers = infer_body(_x(1), ("logits",))
-        assert s.post("/v2/models/one_row/infer", body, headers=headers)[0] == 200
-        body, headers = infer_body(_x(2), ("logits",))
-        status, answer, _ = s.post("/v2/models/one_row/infer", body, headers=headers)
+        def logits(x):
+            body, headers = infer_body(x, ("logits",))
+            status, answer, _ = s.post("/v2/models/one_row/infer", body, headers=headers)
+            assert status == 200, answer
+            return logits_of(answer)
+
+        x = _x(2)
+        np.testing.assert_allclose(logits(x), np.concatenate([logits(x[:1]), logits(x[1:])]), rtol=1e-6, atol=1e-6)
+    assert "Traceback" not in s.output()
+
+
+def test_a_model_failing_on_a_request_is_one_line_and_the_server_keeps_serving(tmp_path):
+    by_value = value_failing_model(tmp_path / "by_value.onnx")
+    with Server([by_value, "--max-batch", "1"], tmp_path) as s:
+        ok = _x(1)
+        body, headers = infer_body(ok, ("logits",))
+        assert s.post("/v2/models/by_value/infer", body, headers=headers)[0] == 200
+        bad = np.full((1, 1, 28, 28), 50.0, np.float32)
+        body, headers = infer_body(bad, ("logits",))
+        status, answer, _ = s.post("/v2/models/by_value/infer", body, headers=headers)
         assert status == 500 and answer.count(b"\n") == 0
         assert "failed on this request" in json.loads(answer)["error"]
         client = grpcclient.InferenceServerClient(s.grpc)
         with pytest.raises(InferenceServerException) as e:
-            client.infer("one_row", [_grpc_input(_x(2))])
+            client.infer("by_value", [_grpc_input(bad)])
         assert "INTERNAL" in str(e.value.status()) and "failed on this request" in e.value.message()
         client.close()
-        body, headers = infer_body(_x(1), ("logits",))
-        assert s.post("/v2/models/one_row/infer", body, headers=headers)[0] == 200
+        body, headers = infer_body(ok, ("logits",))
+        assert s.post("/v2/models/by_value/infer", body, headers=headers)[0] == 200
     assert "Traceback" not in s.output()
 
 
@@ -344,9 +392,10 @@ def test_sighup_reloads_a_replaced_file_and_keeps_the_old_model_when_the_new_one
         m = _wait_metric(s, "toolkit_model_reloads_total", 1, model="live", result="success")
         np.testing.assert_allclose(ask(s), want_b, atol=1e-5)
         assert sample(m, "toolkit_model_reload_failed", model="live") == 0
-        # a broken file, then one that loads but fails its warm-up at batch 2: each refused, the new model serves
+        # a broken file, then one that loads but runs at no batch size its opening finds: each refused, the new
+        # model serves
         for failures, make in ((1, lambda p: p.write_bytes(b"not an ONNX model")),
-                               (2, lambda p: linear_model(p, seed=2, rows=1))):
+                               (2, lambda p: linear_model(p, seed=2, rows=3))):
             _replace(path, make)
             s.send(signal.SIGHUP)
             m = _wait_metric(s, "toolkit_model_reloads_total", failures, model="live", result="failure")
@@ -355,7 +404,7 @@ def test_sighup_reloads_a_replaced_file_and_keeps_the_old_model_when_the_new_one
             np.testing.assert_allclose(ask(s), want_b, atol=1e-5)
         log = s.output()
         assert log.count("the previous model keeps serving") == 2, log
-        assert "warm-up run at batch size 2" in log
+        assert "at every other batch size tried" in log
         _replace(path, lambda p: linear_model(p, seed=0))
         s.send(signal.SIGHUP)
         m = _wait_metric(s, "toolkit_model_reloads_total", 2, model="live", result="success")

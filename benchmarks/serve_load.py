@@ -1,0 +1,523 @@
+"""`toolkit serve` under load, in one run, against the FastAPI baseline (benchmarks/serve_baseline.py).
+
+Prints numbers and goal vs measured (issue 20); it is not a test. Every server is a real process on 127.0.0.1;
+the protocol paths are timed with tritonclient (http, grpc), throughput with Debian's `wrk` (C, a Lua script
+for the POST body) and the overload with `hey` (Go, per-request CSV: status and latency of each request),
+so the load generator is not the Python-bound part. They share the machine's CPUs with the server: the
+load average is printed beside the numbers.
+
+    flock /tmp/toolkit-bench.lock python benchmarks/serve_load.py [--model model.onnx] [--quick]
+
+Without --model a seed MLP is made by a tiny real training (`toolkit train --epochs 1 --train-subset 10000`,
+then `toolkit export`, ~40 s). Needs the dev extra (serve, tritonclient, fastapi) and `apt-get install wrk hey`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = sorted((ROOT / "samples").glob("*/*.png"))[0]
+NAME = "model"
+CONNECTIONS = (1, 8, 32, 128)
+GOALS = {"json_32_vs_baseline": 2.0, "json_1_vs_baseline": 1.0, "p50_ms": 0.5, "compute_cut_32": 3.0,
+         "cost_at_1": 0.05, "rss_flat": 0.05}
+
+# One Lua script for every wrk run: the body from a file; with COUNT, each status and the totals as one line.
+LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "%(ctype)s"
+local f = io.open("%(body)s", "rb"); wrk.body = f:read("*a"); f:close()
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+%(count)s
+function done(summary, latency, requests)
+  local parts = {}
+  for _, t in ipairs(threads) do
+    local s = t:get("statuses")
+    if s then for k, v in pairs(s) do parts[k] = (parts[k] or 0) + v end end
+  end
+  local codes = ""
+  for k, v in pairs(parts) do codes = codes .. string.format(" s%%d=%%d", k, v) end
+  io.write(string.format("WRK requests=%%d us=%%d connect=%%d read=%%d write=%%d status=%%d timeout=%%d p50=%%d p99=%%d%%s\n",
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.status, summary.errors.timeout, latency:percentile(50), latency:percentile(99), codes))
+end
+"""
+COUNT = "function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end"
+
+
+@dataclass
+class Load:
+    """One wrk run: requests/s, latency percentiles (ms), errors; ``statuses`` only when counted."""
+
+    connections: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: dict
+    statuses: dict = field(default_factory=dict)
+    batch: float = 0.0  # mean rows per model execution (toolkit serve only)
+    compute_us: float = 0.0  # model compute time per image (toolkit serve only)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def make_model(folder: Path) -> Path:
+    """The seed MLP from a tiny real training and the toolkit's own export."""
+    pth = folder / "model.pth"
+    cli = [sys.executable, "-m", "toolkit"]
+    subprocess.run([*cli, "train", "--epochs", "1", "--train-subset", "10000", "--device", "cpu", "--out", str(pth),
+                    "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*cli, "export", str(pth), "--formats", "onnx"], check=True, stdout=subprocess.DEVNULL)
+    return folder / "model.onnx"
+
+
+class Process:
+    """A server process on 127.0.0.1 (toolkit serve or the baseline), ready when ``probe`` answers."""
+
+    def __init__(self, args: list[str], port: int, log: Path):
+        self.port = port
+        self.log = log
+        self._out = open(log, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait(self, probe, timeout: float = 120.0) -> "Process":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.log}: the server exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if probe(self):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"{self.log}: not ready within {timeout} s")
+
+    def rss_kib(self) -> tuple[int, int]:
+        """(VmRSS, VmHWM) of the process, KiB."""
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._out.close()
+
+
+def serve(model: Path, tmp: Path, max_batch: int, grpc: bool = False) -> tuple[Process, int | None]:
+    port, gport = free_port(), (free_port() if grpc else 0)
+    args = [sys.executable, "-m", "toolkit", "serve", str(model), "--name", NAME, "--port", str(port),
+            "--grpc-port", str(gport), "--provider", "cpu", "--max-batch", str(max_batch)]
+    proc = Process(args, port, tmp / f"serve-{port}.log")
+    return proc.wait(lambda p: urllib.request.urlopen(p.url("/v2/health/ready"), timeout=2).status == 200), gport
+
+
+def baseline(model: Path, tmp: Path, json_body: Path) -> Process:
+    port = free_port()
+    proc = Process([sys.executable, str(ROOT / "benchmarks" / "serve_baseline.py"), str(model), str(port)], port,
+                   tmp / f"baseline-{port}.log")
+    body = json_body.read_bytes()
+
+    def probe(p: Process) -> bool:
+        req = urllib.request.Request(p.url(f"/v2/models/{NAME}/infer"), data=body,
+                                     headers={"Content-Type": "application/json"})
+        return urllib.request.urlopen(req, timeout=2).status == 200
+
+    return proc.wait(probe)
+
+
+def metrics(proc: Process) -> dict[str, float]:
+    """/metrics of one model, summed over labels: name -> value."""
+    text = urllib.request.urlopen(proc.url("/metrics"), timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            base = key.partition("{")[0]
+            out[base] = out.get(base, 0.0) + float(value)
+            if reason := re.search(r'reason="([^"]*)"', key):
+                out[f"{base}.{reason.group(1)}"] = float(value)
+    return out
+
+
+def wrk(url: str, lua: Path, connections: int, seconds: float, timeout_s: int = 10) -> Load:
+    threads = min(2, connections)
+    proc = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout",
+                           f"{timeout_s}s", "-s", str(lua), url], capture_output=True, text=True,
+                          timeout=seconds + 60)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("WRK ")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no result: {proc.stdout}\n{proc.stderr}")
+    values = {k: int(v) for k, v in (item.split("=") for item in line.split()[1:])}
+    errors = {k: values[k] for k in ("connect", "read", "write", "status", "timeout") if values[k]}
+    statuses = {int(k[1:]): v for k, v in values.items() if k.startswith("s") and k[1:].isdigit()}
+    return Load(connections, values["requests"], values["us"] / 1e6, values["p50"] / 1e3, values["p99"] / 1e3,
+                errors, statuses)
+
+
+def measured(proc: Process, run) -> Load:
+    """``run()`` (a wrk Load) with the model's metrics over it: mean batch and compute time per image."""
+    before = metrics(proc)
+    load = run()
+    after = metrics(proc)
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    images = delta["nv_inference_count"]
+    load.batch = images / max(delta["nv_inference_exec_count"], 1)
+    load.compute_us = delta["toolkit_batch_compute_duration_us_total"] / max(images, 1)
+    return load
+
+
+def lua_script(tmp: Path, body: Path, ctype: str, count: bool = False) -> Path:
+    path = tmp / f"{body.stem}{'-count' if count else ''}.lua"
+    path.write_text(LUA % {"ctype": ctype, "body": body, "count": COUNT if count else ""})
+    return path
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+# ---------------------------------------------------------------- the measurements
+
+
+def raw_session(model: Path, x: np.ndarray, runs: int) -> float:
+    """p50 (ms) of session.run at batch 1 in this process, the session opened as the server opens it."""
+    from toolkit.machine import cpu_budget
+    from toolkit.runtime import create_session
+
+    session = create_session(model, "cpu", cpu_budget())[0]
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(200):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return percentiles(times)[0]
+
+
+def one_client(port: int, gport: int, x: np.ndarray, runs: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 (ms) of one tritonclient call after another, per transport."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    def http_call(binary: bool):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = [httpclient.InferRequestedOutput("logits", binary_data=binary)]
+        return lambda: client.infer(NAME, [inp], outputs=out).as_numpy("logits")
+
+    def grpc_call():
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{gport}")
+        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        out = [grpcclient.InferRequestedOutput("logits")]
+        return lambda: client.infer(NAME, [inp], outputs=out).as_numpy("logits")
+
+    results = {}
+    for label, call in (("HTTP binary", http_call(True)), ("HTTP JSON", http_call(False)), ("gRPC", grpc_call())):
+        for _ in range(max(50, runs // 10)):
+            call()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        results[label] = percentiles(times)
+    return results
+
+
+def overload(proc: Process, body: Path, rate: float, seconds: float, workers: int = 512) -> dict:
+    """hey at a target of ``rate`` requests/s (workers x per-worker rate); per-request status and latency."""
+    per_worker = max(1, int(np.ceil(rate / workers)))
+    before = metrics(proc)
+    done = subprocess.run(["hey", "-z", f"{seconds:g}s", "-c", str(workers), "-q", str(per_worker), "-t", "20",
+                           "-m", "POST", "-T", "application/json", "-D", str(body), "-o", "csv",
+                           proc.url(f"/v2/models/{NAME}/infer")], capture_output=True, text=True,
+                          timeout=seconds + 120)
+    after = metrics(proc)
+    rows = [line.split(",") for line in done.stdout.splitlines()[1:] if line.count(",") >= 7]
+    status = np.array([int(r[6]) for r in rows])
+    latency = np.array([float(r[0]) for r in rows])
+    ok = latency[status == 200]
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    server_seen = delta["nv_inference_request_success"] + delta["nv_inference_request_failure"]
+    return {"target": per_worker * workers, "answered": len(rows), "rate": len(rows) / seconds,
+            "ok": int((status == 200).sum()), "r429": int((status == 429).sum()),
+            "r504": int((status == 504).sum()), "other": int(((status != 200) & (status != 429)
+                                                             & (status != 504)).sum()),
+            "p99_ok_ms": float(np.percentile(ok, 99) * 1e3) if len(ok) else float("nan"),
+            "p50_ok_ms": float(np.percentile(ok, 50) * 1e3) if len(ok) else float("nan"),
+            "server_timeouts": int(delta["toolkit_rejected_requests_total.timeout"]),
+            "server_seen": int(server_seen), "lost_client_side": int(server_seen) - len(rows)}
+
+
+def sigterm(model: Path, tmp: Path, lua: Path, seconds: float) -> dict:
+    """32 connections of load; SIGTERM in the middle; what the clients got and how the server ended."""
+    proc, _ = serve(model, tmp, 32)
+    result: dict = {}
+
+    def load():
+        result["load"] = wrk(proc.url(f"/v2/models/{NAME}/infer"), lua, 32, seconds)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(seconds / 2)
+    sent = time.monotonic()
+    code = proc.stop(signal.SIGTERM)
+    result["exit_s"] = time.monotonic() - sent
+    thread.join()
+    result["code"] = code
+    lines = proc.log.read_text().strip().splitlines()
+    result["log"] = lines[-1] if lines else ""
+    return result
+
+
+def rss_run(proc: Process, lua: Path, total: int, chunk_s: float) -> dict:
+    """32 connections of JSON requests until ``total`` were answered; the server's RSS sampled every 0.5 s."""
+    samples: list[tuple[int, int]] = []  # (answered so far, RSS KiB)
+    start_rss = proc.rss_kib()[0]
+    base = metrics(proc)["nv_inference_request_success"]
+    answered = errors = 0
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.5):
+            samples.append((answered, proc.rss_kib()[0]))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        while answered < total:
+            load = wrk(proc.url(f"/v2/models/{NAME}/infer"), lua, 32, chunk_s)
+            answered = int(metrics(proc)["nv_inference_request_success"] - base)
+            errors += sum(load.errors.values())
+    finally:
+        stop.set()
+        sampler.join()
+    warm = [rss for n, rss in samples if n >= total * 0.1] or [s[1] for s in samples]
+    return {"answered": answered, "seconds": time.monotonic() - started, "start": start_rss, "warm": warm[0],
+            "peak": max(warm), "final": proc.rss_kib()[0], "hwm": proc.rss_kib()[1], "errors": errors}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="an ONNX model (default: the seed MLP, trained tiny here)")
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke run of the benchmark itself)")
+    parser.add_argument("--seconds", type=float, help="seconds per wrk run (default 10, --quick 2)")
+    parser.add_argument("--rss-requests", type=int, help="requests of the RSS run (default 1,000,000, --quick 20,000)")
+    args = parser.parse_args()
+    for tool in ("wrk", "hey"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"`{tool}` is not installed: apt-get install -y wrk hey")
+    seconds = args.seconds or (2.0 if args.quick else 10.0)
+    rss_total = args.rss_requests or (20_000 if args.quick else 1_000_000)
+    runs = 300 if args.quick else 3000
+
+    from toolkit.predict import prepare
+    from toolkit.runtime import Predictor
+
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    try:
+        model = args.model or make_model(tmp)
+        pixels = prepare(SAMPLE.read_bytes(), Predictor.open(model, "cpu").contract.preprocess)
+        x = Predictor.open(model, "cpu").contract.preprocess.normalize(pixels[None])
+        import orjson
+
+        json_body = tmp / "infer.json"
+        json_body.write_bytes(orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                                        "data": x.ravel().tolist()}]}))
+        png_body = tmp / "digit.png"
+        png_body.write_bytes(SAMPLE.read_bytes())
+        json_lua = lua_script(tmp, json_body, "application/json")
+        count_lua = lua_script(tmp, json_body, "application/json", count=True)
+        png_lua = lua_script(tmp, png_body, "application/octet-stream")
+        return run_all(model, tmp, x, json_body, json_lua, count_lua, png_lua, seconds, rss_total, runs, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_all(model, tmp, x, json_body, json_lua, count_lua, png_lua, seconds, rss_total, runs, args) -> int:
+    from toolkit.machine import cpu_budget
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"# toolkit serve under load — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs (budget {cpu_budget()}), Python {platform.python_version()}; "
+          f"model {model.name} ({model.stat().st_size / 1e6:.2f} MB); wrk/hey runs of {seconds:g} s")
+    print(f"command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
+    print(f"load average at start: {load_average()}\n")
+    goals: list[tuple[str, str, str, bool]] = []
+
+    raw = raw_session(model, x, runs)
+    print(f"raw session.run, batch 1, in process: p50 {raw:.3f} ms")
+
+    on, gport = serve(model, tmp, 32, grpc=True)
+    try:
+        e2e = one_client(on.port, gport, x, runs)
+        print("\nend to end, 1 client (tritonclient, one call after another), batching on:")
+        for label, (p50, p99) in e2e.items():
+            print(f"  {label:12s} p50 {p50:.3f} ms   p99 {p99:.3f} ms")
+        for label in ("gRPC", "HTTP binary"):
+            goals.append((f"e2e p50 at 1 client, {label}", f"{e2e[label][0]:.3f} ms", f"<= {GOALS['p50_ms']} ms",
+                          e2e[label][0] <= GOALS["p50_ms"]))
+        url = on.url(f"/v2/models/{NAME}/infer")
+        sweep_on = [measured(on, lambda c=c: wrk(url, json_lua, c, seconds)) for c in CONNECTIONS]
+        image_on = [measured(on, lambda c=c: wrk(on.url(f"/v2/models/{NAME}/classify"), png_lua, c, seconds))
+                    for c in (1, 32)]
+        capacity = max(load.rate for load in sweep_on)
+        print(f"\n(load average {load_average()})")
+        over = overload(on, json_body, 4 * capacity, seconds)
+    finally:
+        on.stop()
+    off, _ = serve(model, tmp, 1)
+    try:
+        url = off.url(f"/v2/models/{NAME}/infer")
+        sweep_off = [measured(off, lambda c=c: wrk(url, json_lua, c, seconds)) for c in CONNECTIONS]
+        image_off = [measured(off, lambda c=c: wrk(off.url(f"/v2/models/{NAME}/classify"), png_lua, c, seconds))
+                     for c in (1, 32)]
+    finally:
+        off.stop()
+    base = baseline(model, tmp, json_body)
+    try:
+        url = base.url(f"/v2/models/{NAME}/infer")
+        peer = [wrk(url, json_lua, c, seconds) for c in (1, 32)]
+    finally:
+        base.stop()
+    print(f"(load average {load_average()})")
+
+    print("\nHTTP v2 JSON infer, batch-1 requests (wrk):")
+    print("  connections | batching on: req/s   p50 ms   p99 ms  batch  compute/img | batching off: req/s   p50 ms"
+          "   p99 ms  compute/img")
+    for a, b in zip(sweep_on, sweep_off):
+        print(f"  {a.connections:11d} | {a.rate:17,.0f} {a.p50_ms:8.2f} {a.p99_ms:8.2f} {a.batch:6.1f} {a.compute_us:9.1f} us"
+              f" | {b.rate:18,.0f} {b.p50_ms:8.2f} {b.p99_ms:8.2f} {b.compute_us:9.1f} us"
+              + (f"  errors on {a.errors} off {b.errors}" if a.errors or b.errors else ""))
+    print("\nimage route POST /v2/models/NAME/classify, one PNG per request (wrk):")
+    for a, b in zip(image_on, image_off):
+        print(f"  {a.connections:11d} | {a.rate:17,.0f} {a.p50_ms:8.2f} {a.p99_ms:8.2f} {a.batch:6.1f} {a.compute_us:9.1f} us"
+              f" | {b.rate:18,.0f} {b.p50_ms:8.2f} {b.p99_ms:8.2f} {b.compute_us:9.1f} us"
+              + (f"  errors on {a.errors} off {b.errors}" if a.errors or b.errors else ""))
+    print("\nFastAPI + uvicorn baseline (benchmarks/serve_baseline.py), same JSON body (wrk):")
+    for p in peer:
+        print(f"  {p.connections:11d} | {p.rate:17,.0f} {p.p50_ms:8.2f} {p.p99_ms:8.2f}"
+              + (f"  errors {p.errors}" if p.errors else ""))
+
+    by_c = {load.connections: load for load in sweep_on}
+    off_c = {load.connections: load for load in sweep_off}
+    for c, peer_load, factor in ((32, peer[1], GOALS["json_32_vs_baseline"]), (1, peer[0], GOALS["json_1_vs_baseline"])):
+        ratio = by_c[c].rate / peer_load.rate
+        goals.append((f"JSON req/s at {c} connection(s) vs baseline", f"{by_c[c].rate:,.0f} vs {peer_load.rate:,.0f}"
+                      f" = {ratio:.2f}x", f">= {factor:g}x", ratio >= factor))
+    cut = off_c[32].compute_us / by_c[32].compute_us
+    goals.append(("batching: compute per image cut at 32 connections", f"{off_c[32].compute_us:.1f} -> "
+                  f"{by_c[32].compute_us:.1f} us = {cut:.1f}x", f">= {GOALS['compute_cut_32']:g}x",
+                  cut >= GOALS["compute_cut_32"]))
+    cost = by_c[1].compute_us / off_c[1].compute_us - 1
+    goals.append(("batching: compute per image cost at 1 connection", f"{cost:+.1%}", f"<= +{GOALS['cost_at_1']:.0%}",
+                  cost <= GOALS["cost_at_1"]))
+    cost_rate = 1 - by_c[1].rate / off_c[1].rate
+    goals.append(("batching: req/s cost at 1 connection", f"{cost_rate:+.1%}", f"<= +{GOALS['cost_at_1']:.0%}",
+                  cost_rate <= GOALS["cost_at_1"]))
+    image_cut = image_off[1].compute_us / image_on[1].compute_us
+    print(f"  image route: compute per image cut at 32 connections {image_cut:.1f}x")
+
+    print(f"\noverload: hey, {512} workers, target {over['target']:,} req/s = 4x capacity "
+          f"({capacity:,.0f} req/s, the best batching-on JSON rate above):")
+    print(f"  answered {over['answered']:,} in {seconds:g} s ({over['rate']:,.0f}/s): 200 {over['ok']:,}, "
+          f"429 {over['r429']:,} ({over['r429'] / max(over['answered'], 1):.0%}), 504 {over['r504']}, "
+          f"other {over['other']}; accepted p50 {over['p50_ok_ms']:.1f} ms p99 {over['p99_ok_ms']:.1f} ms; "
+          f"server-side timeouts {over['server_timeouts']}; requests the server answered without hey reporting "
+          f"them {over['lost_client_side']}")
+    goals.append(("4x capacity: nothing timed out", f"504 {over['r504']}, server timeouts {over['server_timeouts']}",
+                  "0", over["r504"] == 0 and over["server_timeouts"] == 0))
+
+    term = sigterm(model, tmp, count_lua, max(seconds, 4.0))
+    load = term["load"]
+    answered = load.statuses.get(200, 0)
+    lost = load.errors.get("read", 0) + load.errors.get("timeout", 0) + load.errors.get("write", 0)
+    other = {k: v for k, v in load.statuses.items() if k not in (200, 503)}
+    print(f"\nSIGTERM under 32 connections (wrk {max(seconds, 4.0):g} s, signal at half time): exit code "
+          f"{term['code']} after {term['exit_s']:.2f} s; 200 {answered:,}, 503 (refused while draining) "
+          f"{load.statuses.get(503, 0):,}, other statuses {other or 'none'}, connections refused after exit "
+          f"{load.errors.get('connect', 0):,}, cut without an answer (read/write errors, timeouts) {lost}")
+    print(f"  server's last line: {term['log']}")
+    goals.append(("SIGTERM: accepted requests lost", f"{lost} (exit {term['code']})", "0",
+                  lost == 0 and term["code"] == 0 and not other))
+
+    print(f"\n(load average {load_average()})")
+    on, _ = serve(model, tmp, 32)
+    try:
+        rss = rss_run(on, json_lua, rss_total, seconds * 3)
+    finally:
+        on.stop()
+    drift = rss["peak"] / rss["warm"] - 1
+    print(f"RSS over {rss['answered']:,} JSON requests at 32 connections ({rss['seconds']:.0f} s): at ready "
+          f"{rss['start'] / 1024:.1f} MiB, after 10% {rss['warm'] / 1024:.1f} MiB, peak after that "
+          f"{rss['peak'] / 1024:.1f} MiB, final {rss['final'] / 1024:.1f} MiB, high-water mark "
+          f"{rss['hwm'] / 1024:.1f} MiB; wrk errors {rss['errors']}")
+    goals.append((f"RSS flat over {rss['answered']:,} requests", f"{drift:+.1%} (peak vs after 10%)",
+                  f"within +-{GOALS['rss_flat']:.0%}", abs(drift) <= GOALS["rss_flat"]))
+
+    print(f"\nload average at the end: {load_average()}\n\ngoal | measured | target | met")
+    for name, value, target, met in goals:
+        print(f"{name} | {value} | {target} | {'yes' if met else 'NO'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

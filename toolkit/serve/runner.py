@@ -142,7 +142,9 @@ async def _main(app: ServeApp, listen: Listen) -> int:
         log.warning("--drain-timeout %.3g s ran out with %d request(s) unanswered", listen.drain_timeout_s,
                     app.inflight)
         return 1
-    log.warning("stopped; every accepted request was answered")
+    # The count lets a client-side tally be checked against the server's (benchmarks/serve_load.py does).
+    answered = sum(m.stats.success + sum(m.stats.failure.values()) for m in app.models.values())
+    log.warning("stopped; every accepted request was answered (%d inference requests since start)", answered)
     return 0
 
 

@@ -227,8 +227,9 @@ def raw_session(model: Path, x: np.ndarray, runs: int) -> float:
     return percentiles(times)[0]
 
 
-def one_client(port: int, gport: int, x: np.ndarray, runs: int) -> dict[str, tuple[float, float]]:
-    """p50/p99 (ms) of one tritonclient call after another, per transport."""
+def one_client(port: int, gport: int, x: np.ndarray, runs: int) -> tuple[dict, dict]:
+    """p50/p99 (ms) of one tritonclient infer after another, per transport; and p50 of a no-op call (server live),
+    the transport's own share."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
@@ -246,8 +247,7 @@ def one_client(port: int, gport: int, x: np.ndarray, runs: int) -> dict[str, tup
         out = [grpcclient.InferRequestedOutput("logits")]
         return lambda: client.infer(NAME, [inp], outputs=out).as_numpy("logits")
 
-    results = {}
-    for label, call in (("HTTP binary", http_call(True)), ("HTTP JSON", http_call(False)), ("gRPC", grpc_call())):
+    def timed(call) -> tuple[float, float]:
         for _ in range(max(50, runs // 10)):
             call()
         times = []
@@ -255,8 +255,15 @@ def one_client(port: int, gport: int, x: np.ndarray, runs: int) -> dict[str, tup
             start = time.perf_counter()
             call()
             times.append(time.perf_counter() - start)
-        results[label] = percentiles(times)
-    return results
+        return percentiles(times)
+
+    http, grpc = httpclient.InferenceServerClient(f"127.0.0.1:{port}"), grpcclient.InferenceServerClient(
+        f"127.0.0.1:{gport}")
+    results = {label: timed(call) for label, call in (("HTTP binary", http_call(True)), ("HTTP JSON", http_call(False)),
+                                                      ("gRPC", grpc_call()))}
+    floors = {"HTTP binary": timed(http.is_server_live)[0], "gRPC": timed(grpc.is_server_live)[0]}
+    floors["HTTP JSON"] = floors["HTTP binary"]
+    return results, floors
 
 
 def overload(proc: Process, body: Path, rate: float, seconds: float, workers: int = 512) -> dict:
@@ -426,142 +433,159 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, runs, args) -> int:
+def machine() -> str:
     from toolkit.machine import cpu_budget
 
-    cpu = platform.processor() or platform.machine()
+    cpu = platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    print(f"# toolkit serve under load — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs (budget {cpu_budget()}), Python {platform.python_version()}; "
-          f"model {model.name} ({model.stat().st_size / 1e6:.2f} MB); wrk/hey runs of {seconds:g} s")
-    print(f"command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
-    print(f"load average at start: {load_average()}\n")
-    goals: list[tuple[str, str, str, bool]] = []
+    return f"{cpu}, {os.cpu_count()} CPUs (budget {cpu_budget()}), Python {platform.python_version()}"
 
+
+def row(load: Load, serve_columns: bool = True) -> str:
+    text = f"{load.rate:9,.0f} {load.p50_ms:8.2f} {load.p99_ms:8.2f}"
+    if serve_columns:
+        text += f" {load.batch:6.1f} {load.compute_us:8.1f}"
+    return text + (f"  errors {load.errors}" if load.errors else "")
+
+
+def sweep(servers: dict, route: str, lua: Path, connections, seconds: float, rounds_at_1: int) -> dict:
+    """Every server at each connection count, one after another (interleaved, so that a change in the machine's
+    load hits them alike); at 1 connection ``rounds_at_1`` rounds, the run of median rate kept."""
+    out: dict = {name: {} for name in servers}
+    for c in connections:
+        runs: dict = {name: [] for name in servers}
+        for _ in range(rounds_at_1 if c == 1 else 1):
+            for name, (proc, is_serve) in servers.items():
+                go = lambda proc=proc, c=c: wrk(proc.url(route), lua, c, seconds)  # noqa: E731
+                runs[name].append(measured(proc, go) if is_serve else go())
+        for name, loads in runs.items():
+            out[name][c] = sorted(loads, key=lambda load: load.rate)[len(loads) // 2]
+    return out
+
+
+def run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, runs, args) -> int:
+    print(f"# toolkit serve under load — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {machine()}; model {model.name} ({model.stat().st_size / 1e6:.2f} MB); wrk/hey runs of "
+          f"{seconds:g} s")
+    print(f"command: {' '.join(['python', Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
+    print(f"load average at start: {load_average()}  (1, 5, 15 min; {os.cpu_count()} CPUs)\n")
+    goals: list[tuple[str, str, str, bool]] = []
     raw = raw_session(model, x, runs)
     print(f"raw session.run, batch 1, in process: p50 {raw:.3f} ms")
 
     on, gport = serve(model, tmp, 32, grpc=True)
+    off = peer = None
     try:
-        e2e = one_client(on.port, gport, x, runs)
+        off, _ = serve(model, tmp, 1)
+        peer = baseline(model, tmp, json_body)
+        e2e, floor = one_client(on.port, gport, x, runs)
         print("\nend to end, 1 client (tritonclient, one call after another), batching on:")
         for label, (p50, p99) in e2e.items():
-            print(f"  {label:12s} p50 {p50:.3f} ms   p99 {p99:.3f} ms")
+            print(f"  {label:12s} infer p50 {p50:.3f} ms  p99 {p99:.3f} ms;  a no-op call (server live) p50 "
+                  f"{floor[label]:.3f} ms")
         for label in ("gRPC", "HTTP binary"):
             goals.append((f"e2e p50 at 1 client, {label}", f"{e2e[label][0]:.3f} ms", f"<= {GOALS['p50_ms']} ms",
                           e2e[label][0] <= GOALS["p50_ms"]))
-        url = on.url(f"/v2/models/{NAME}/infer")
-        sweep_on = [measured(on, lambda c=c: wrk(url, json_lua, c, seconds)) for c in CONNECTIONS]
-        image_on = [measured(on, lambda c=c: wrk(on.url(f"/v2/models/{NAME}/classify"), png_lua, c, seconds))
-                    for c in (1, 32)]
-        capacity = max(load.rate for load in sweep_on)
-        print(f"\n(load average {load_average()})")
-        over = overload(on, json_body, 4 * capacity, seconds)
-    finally:
-        on.stop()
-    off, _ = serve(model, tmp, 1)
-    try:
-        url = off.url(f"/v2/models/{NAME}/infer")
-        sweep_off = [measured(off, lambda c=c: wrk(url, json_lua, c, seconds)) for c in CONNECTIONS]
-        image_off = [measured(off, lambda c=c: wrk(off.url(f"/v2/models/{NAME}/classify"), png_lua, c, seconds))
-                     for c in (1, 32)]
-    finally:
+        print(f"(load average {load_average()})")
+        rounds = 1 if args.quick else 3
+        json = sweep({"on": (on, True), "off": (off, True)}, f"/v2/models/{NAME}/infer", json_lua, CONNECTIONS,
+                     seconds, rounds)
+        json.update(sweep({"peer": (peer, False)}, f"/v2/models/{NAME}/infer", json_lua, (1, 32), seconds, rounds))
+        print(f"(load average {load_average()})")
+        image = sweep({"on": (on, True), "off": (off, True)}, f"/v2/models/{NAME}/classify", png_lua, (1, 32),
+                      seconds, rounds)
+        print(f"(load average {load_average()})")
         off.stop()
-    base = baseline(model, tmp, json_body)
-    try:
-        url = base.url(f"/v2/models/{NAME}/infer")
-        peer = [wrk(url, json_lua, c, seconds) for c in (1, 32)]
+        peer.stop()
+        capacity = max(load.rate for load in json["on"].values())
+        over = overload(on, json_body, 4 * capacity, seconds)
+        print(f"(load average {load_average()})")
     finally:
-        base.stop()
-    print(f"(load average {load_average()})")
+        for proc in (on, off, peer):
+            if proc is not None:
+                proc.stop()
 
-    print("\nHTTP v2 JSON infer, batch-1 requests (wrk):")
-    print("  connections | batching on: req/s   p50 ms   p99 ms  batch  compute/img | batching off: req/s   p50 ms"
-          "   p99 ms  compute/img")
-    for a, b in zip(sweep_on, sweep_off):
-        print(f"  {a.connections:11d} | {a.rate:17,.0f} {a.p50_ms:8.2f} {a.p99_ms:8.2f} {a.batch:6.1f} {a.compute_us:9.1f} us"
-              f" | {b.rate:18,.0f} {b.p50_ms:8.2f} {b.p99_ms:8.2f} {b.compute_us:9.1f} us"
-              + (f"  errors on {a.errors} off {b.errors}" if a.errors or b.errors else ""))
+    head = "  connections | batching on: req/s   p50 ms   p99 ms  batch  compute/image us | off: req/s   p50 ms   p99 ms"
+    print("\nHTTP v2 JSON infer, batch-1 requests (wrk, keep-alive; --max-batch 32 vs --max-batch 1):")
+    print(head + "  batch  compute/image us | FastAPI baseline: req/s   p50 ms   p99 ms")
+    for c in CONNECTIONS:
+        line = f"  {c:11d} | {row(json['on'][c]):>50s} | {row(json['off'][c]):>41s}"
+        if c in json["peer"]:
+            line += f" | {row(json['peer'][c], False):>35s}"
+        print(line)
     print("\nimage route POST /v2/models/NAME/classify, one PNG per request (wrk):")
-    for a, b in zip(image_on, image_off):
-        print(f"  {a.connections:11d} | {a.rate:17,.0f} {a.p50_ms:8.2f} {a.p99_ms:8.2f} {a.batch:6.1f} {a.compute_us:9.1f} us"
-              f" | {b.rate:18,.0f} {b.p50_ms:8.2f} {b.p99_ms:8.2f} {b.compute_us:9.1f} us"
-              + (f"  errors on {a.errors} off {b.errors}" if a.errors or b.errors else ""))
-    print("\nFastAPI + uvicorn baseline (benchmarks/serve_baseline.py), same JSON body (wrk):")
-    for p in peer:
-        print(f"  {p.connections:11d} | {p.rate:17,.0f} {p.p50_ms:8.2f} {p.p99_ms:8.2f}"
-              + (f"  errors {p.errors}" if p.errors else ""))
+    print(head + "  batch  compute/image us")
+    for c in (1, 32):
+        print(f"  {c:11d} | {row(image['on'][c]):>50s} | {row(image['off'][c]):>41s}")
+    print("(compute/image: toolkit_batch_compute_duration_us / nv_inference_count over the run, from /metrics)")
 
-    by_c = {load.connections: load for load in sweep_on}
-    off_c = {load.connections: load for load in sweep_off}
-    for c, peer_load, factor in ((32, peer[1], GOALS["json_32_vs_baseline"]), (1, peer[0], GOALS["json_1_vs_baseline"])):
-        ratio = by_c[c].rate / peer_load.rate
-        goals.append((f"JSON req/s at {c} connection(s) vs baseline", f"{by_c[c].rate:,.0f} vs {peer_load.rate:,.0f}"
-                      f" = {ratio:.2f}x", f">= {factor:g}x", ratio >= factor))
-    cut = off_c[32].compute_us / by_c[32].compute_us
-    goals.append(("batching: compute per image cut at 32 connections", f"{off_c[32].compute_us:.1f} -> "
-                  f"{by_c[32].compute_us:.1f} us = {cut:.1f}x", f">= {GOALS['compute_cut_32']:g}x",
-                  cut >= GOALS["compute_cut_32"]))
-    cost = by_c[1].compute_us / off_c[1].compute_us - 1
-    goals.append(("batching: compute per image cost at 1 connection", f"{cost:+.1%}", f"<= +{GOALS['cost_at_1']:.0%}",
-                  cost <= GOALS["cost_at_1"]))
-    cost_rate = 1 - by_c[1].rate / off_c[1].rate
-    goals.append(("batching: req/s cost at 1 connection", f"{cost_rate:+.1%}", f"<= +{GOALS['cost_at_1']:.0%}",
-                  cost_rate <= GOALS["cost_at_1"]))
-    image_cut = image_off[1].compute_us / image_on[1].compute_us
-    print(f"  image route: compute per image cut at 32 connections {image_cut:.1f}x")
+    on_c, off_c, peer_c = json["on"], json["off"], json["peer"]
+    for c, factor in ((32, GOALS["json_32_vs_baseline"]), (1, GOALS["json_1_vs_baseline"])):
+        ratio = on_c[c].rate / peer_c[c].rate
+        goals.append((f"JSON req/s at {c} connection(s) vs the FastAPI baseline",
+                      f"{on_c[c].rate:,.0f} vs {peer_c[c].rate:,.0f} = {ratio:.2f}x", f">= {factor:g}x",
+                      ratio >= factor))
+    for label, data in (("JSON", json), ("image route", image)):
+        cut = data["off"][32].compute_us / data["on"][32].compute_us
+        goals.append((f"batching: compute/image cut at 32 connections, {label}",
+                      f"{data['off'][32].compute_us:.1f} -> {data['on'][32].compute_us:.1f} us = {cut:.1f}x",
+                      f">= {GOALS['compute_cut_32']:g}x", cut >= GOALS["compute_cut_32"]))
+    cost = on_c[1].compute_us / off_c[1].compute_us - 1
+    goals.append(("batching: compute/image cost at 1 connection, JSON", f"{cost:+.1%}",
+                  f"<= +{GOALS['cost_at_1']:.0%}", cost <= GOALS["cost_at_1"]))
+    slower = 1 - on_c[1].rate / off_c[1].rate
+    goals.append(("batching: req/s lost at 1 connection, JSON", f"{slower:+.1%} ({on_c[1].rate:,.0f} vs "
+                  f"{off_c[1].rate:,.0f})", f"<= {GOALS['cost_at_1']:.0%}", slower <= GOALS["cost_at_1"]))
 
-    print(f"\noverload: hey, {512} workers, target {over['target']:,} req/s = 4x capacity "
+    print(f"\noverload: hey, 512 workers paced to a total of {over['target']:,} req/s = 4x capacity "
           f"({capacity:,.0f} req/s, the best batching-on JSON rate above):")
-    print(f"  answered {over['answered']:,} in {seconds:g} s ({over['rate']:,.0f}/s): 200 {over['ok']:,}, "
-          f"429 {over['r429']:,} ({over['r429'] / max(over['answered'], 1):.0%}), 504 {over['r504']}, "
-          f"other {over['other']}; accepted p50 {over['p50_ok_ms']:.1f} ms p99 {over['p99_ok_ms']:.1f} ms; "
-          f"server-side timeouts {over['server_timeouts']}; requests the server answered without hey reporting "
-          f"them {over['lost_client_side']}")
+    print(f"  hey got {over['answered']:,} answers in {seconds:g} s ({over['rate']:,.0f}/s; the rest of its pace it "
+          f"could not send, sharing the CPUs): 200 {over['ok']:,}, 429 {over['r429']:,} "
+          f"({over['r429'] / max(over['answered'], 1):.0%}), 504 {over['r504']}, other {over['other']}")
+    print(f"  accepted (200) p50 {over['p50_ok_ms']:.1f} ms, p99 {over['p99_ok_ms']:.1f} ms (Little's law for 512 "
+          f"requests outstanding at {over['rate']:,.0f}/s: {512 / max(over['rate'], 1) * 1e3:.0f} ms); server-side "
+          f"timeouts {over['server_timeouts']}; requests the server answered that hey did not report "
+          f"{over['lost_client_side']}")
     goals.append(("4x capacity: nothing timed out", f"504 {over['r504']}, server timeouts {over['server_timeouts']}",
                   "0", over["r504"] == 0 and over["server_timeouts"] == 0))
 
     term = sigterm(model, tmp, json_body.read_bytes(), max(seconds, 2.0))
     counts = term["counts"]
     other = {k: v for k, v in counts.items() if k not in (200, 503, "refused", "cut")}
-    cut = counts.get("cut", 0)
-    print(f"\nSIGTERM under 32 connections ({max(seconds, 2.0):g} s of load first, {term['before'].get(200, 0):,} "
-          f"answered by then): exit code {term['code']} {term['exit_s']:.2f} s after the signal; 200 "
-          f"{counts.get(200, 0):,}, 503 (refused while draining) {counts.get(503, 0):,}, other statuses "
-          f"{other or 'none'}, connections refused {counts.get('refused', 0):,}, requests written and cut "
-          f"without an answer {cut}")
-    print(f"  server's last line: {term['log']}")
     # A request cut at the close was never read by the app (uvicorn lets a request whose headers it parsed finish):
     # the server's own count of the inference requests it answered must equal the answers the clients received.
     server = re.search(r"\((\d+) inference requests since start\)", term["log"])
     client = sum(v for k, v in counts.items() if isinstance(k, int))
     lost = None if server is None else int(server.group(1)) - client
-    print(f"  answers received {client:,}, inference requests the server says it answered "
-          f"{server.group(1) if server else '(not in its log)'}; written and cut at the close (never read) {cut}")
+    print(f"\nSIGTERM under 32 connections ({max(seconds, 2.0):g} s of load first): exit code {term['code']} "
+          f"{term['exit_s']:.2f} s after the signal; answers 200 {counts.get(200, 0):,} "
+          f"({counts.get(200, 0) - term['before'].get(200, 0)} after the signal), 503 (refused, draining) "
+          f"{counts.get(503, 0):,}, other {other or 'none'}; connections refused {counts.get('refused', 0):,}; "
+          f"written on a kept-alive connection and cut unread at the close {counts.get('cut', 0)}")
+    print(f"  answers received {client:,}; the server's last line: {term['log']}")
     goals.append(("SIGTERM: accepted requests lost (server's answered - clients' received)",
                   f"{lost} (exit {term['code']})", "0", lost == 0 and term["code"] == 0 and not other))
 
-    print(f"\n(load average {load_average()})")
     on, _ = serve(model, tmp, 32)
     try:
-        rss = rss_run(on, json_lua, rss_total, seconds * 3)
+        rss = rss_run(on, json_lua, rss_total, max(seconds * 3, 10.0))
     finally:
         on.stop()
     drift = rss["peak"] / rss["warm"] - 1
-    print(f"RSS over {rss['answered']:,} JSON requests at 32 connections ({rss['seconds']:.0f} s): at ready "
-          f"{rss['start'] / 1024:.1f} MiB, after 10% {rss['warm'] / 1024:.1f} MiB, peak after that "
-          f"{rss['peak'] / 1024:.1f} MiB, final {rss['final'] / 1024:.1f} MiB, high-water mark "
-          f"{rss['hwm'] / 1024:.1f} MiB; wrk errors {rss['errors']}")
+    print(f"\nRSS over {rss['answered']:,} JSON requests at 32 connections ({rss['seconds']:.0f} s, "
+          f"{rss['answered'] / rss['seconds']:,.0f}/s): at ready {rss['start'] / 1024:.1f} MiB, after 10% "
+          f"{rss['warm'] / 1024:.1f} MiB, peak after that {rss['peak'] / 1024:.1f} MiB, final "
+          f"{rss['final'] / 1024:.1f} MiB, high-water mark {rss['hwm'] / 1024:.1f} MiB; wrk errors {rss['errors']}")
     goals.append((f"RSS flat over {rss['answered']:,} requests", f"{drift:+.1%} (peak vs after 10%)",
                   f"within +-{GOALS['rss_flat']:.0%}", abs(drift) <= GOALS["rss_flat"]))
 
-    print(f"\nload average at the end: {load_average()}\n\ngoal | measured | target | met")
+    print(f"\nload average at the end: {load_average()}\n\n| goal | measured | target | met |\n|---|---|---|---|")
     for name, value, target, met in goals:
-        print(f"{name} | {value} | {target} | {'yes' if met else 'NO'}")
+        print(f"| {name} | {value} | {target} | {'yes' if met else '**no**'} |")
     return 0
 
 

@@ -215,7 +215,7 @@ def raw_session(model: Path, x: np.ndarray, runs: int) -> float:
     from toolkit.machine import cpu_budget
     from toolkit.runtime import create_session
 
-    session = create_session(model, "cpu", cpu_budget())[0]
+    session = create_session(model, "cpu", cpu_budget(), spin=False)[0]
     feed = {session.get_inputs()[0].name: x}
     for _ in range(200):
         session.run(None, feed)

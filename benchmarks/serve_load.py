@@ -454,13 +454,16 @@ def row(load: Load, serve_columns: bool = True) -> str:
 
 def sweep(servers: dict, route: str, lua: Path, connections, seconds: float, rounds_at_1: int) -> dict:
     """Every server at each connection count, one after another (interleaved, so that a change in the machine's
-    load hits them alike); at 1 connection ``rounds_at_1`` rounds, the run of median rate kept."""
+    load hits them alike). At 1 connection, where one stall of the process moves the rate most, ``rounds_at_1``
+    shorter rounds (together twice ``seconds``), the run of median rate kept."""
     out: dict = {name: {} for name in servers}
     for c in connections:
         runs: dict = {name: [] for name in servers}
-        for _ in range(rounds_at_1 if c == 1 else 1):
+        rounds = rounds_at_1 if c == 1 else 1
+        length = max(1.0, 2 * seconds / rounds) if rounds > 1 else seconds
+        for _ in range(rounds):
             for name, (proc, is_serve) in servers.items():
-                go = lambda proc=proc, c=c: wrk(proc.url(route), lua, c, seconds)  # noqa: E731
+                go = lambda proc=proc, c=c: wrk(proc.url(route), lua, c, length)  # noqa: E731
                 runs[name].append(measured(proc, go) if is_serve else go())
         for name, loads in runs.items():
             out[name][c] = sorted(loads, key=lambda load: load.rate)[len(loads) // 2]
@@ -491,7 +494,7 @@ def run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, run
             goals.append((f"e2e p50 at 1 client, {label}", f"{e2e[label][0]:.3f} ms", f"<= {GOALS['p50_ms']} ms",
                           e2e[label][0] <= GOALS["p50_ms"]))
         print(f"(load average {load_average()})")
-        rounds = 1 if args.quick else 3
+        rounds = 1 if args.quick else 7
         json = sweep({"on": (on, True), "off": (off, True)}, f"/v2/models/{NAME}/infer", json_lua, CONNECTIONS,
                      seconds, rounds)
         json.update(sweep({"peer": (peer, False)}, f"/v2/models/{NAME}/infer", json_lua, (1, 32), seconds, rounds))

@@ -46,8 +46,8 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "%(ctype)s"
 local f = io.open("%(body)s", "rb"); wrk.body = f:read("*a"); f:close()
 function done(summary, latency, requests)
-  io.write(string.format("WRK requests=%%d us=%%d connect=%%d read=%%d write=%%d status=%%d timeout=%%d p50=%%d p99=%%d\n",
-    summary.requests, summary.duration, summary.errors.connect, summary.errors.read, summary.errors.write,
+  io.write(string.format("WRK requests=%%d us=%%d connect=%%d read=%%d write=%%d status=%%d timeout=%%d " ..
+    "p50=%%d p99=%%d\n", summary.requests, summary.duration, summary.errors.connect, summary.errors.read, summary.errors.write,
     summary.errors.status, summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
 end
 """
@@ -404,6 +404,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="seconds per wrk run (default 10, --quick 2)")
     parser.add_argument("--rss-requests", type=int, help="requests of the RSS run (default 1,000,000, --quick 20,000)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its servers (finally)
     for tool in ("wrk", "hey"):
         if shutil.which(tool) is None:
             raise SystemExit(f"`{tool}` is not installed: apt-get install -y wrk hey")
@@ -458,11 +459,12 @@ def sweep(servers: dict, route: str, lua: Path, connections, seconds: float, rou
     shorter rounds (together twice ``seconds``), the run of median rate kept."""
     out: dict = {name: {} for name in servers}
     for c in connections:
-        runs: dict = {name: [] for name in servers}
+        at_c = {name: (proc, is_serve) for name, (proc, is_serve, only) in servers.items() if only is None or c in only}
+        runs: dict = {name: [] for name in at_c}
         rounds = rounds_at_1 if c == 1 else 1
         length = max(1.0, 2 * seconds / rounds) if rounds > 1 else seconds
         for _ in range(rounds):
-            for name, (proc, is_serve) in servers.items():
+            for name, (proc, is_serve) in at_c.items():
                 go = lambda proc=proc, c=c: wrk(proc.url(route), lua, c, length)  # noqa: E731
                 runs[name].append(measured(proc, go) if is_serve else go())
         for name, loads in runs.items():
@@ -495,12 +497,11 @@ def run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, run
                           e2e[label][0] <= GOALS["p50_ms"]))
         print(f"(load average {load_average()})")
         rounds = 1 if args.quick else 7
-        json = sweep({"on": (on, True), "off": (off, True)}, f"/v2/models/{NAME}/infer", json_lua, CONNECTIONS,
-                     seconds, rounds)
-        json.update(sweep({"peer": (peer, False)}, f"/v2/models/{NAME}/infer", json_lua, (1, 32), seconds, rounds))
+        json = sweep({"on": (on, True, None), "off": (off, True, None), "peer": (peer, False, (1, 32))},
+                     f"/v2/models/{NAME}/infer", json_lua, CONNECTIONS, seconds, rounds)
         print(f"(load average {load_average()})")
-        image = sweep({"on": (on, True), "off": (off, True)}, f"/v2/models/{NAME}/classify", png_lua, (1, 32),
-                      seconds, rounds)
+        image = sweep({"on": (on, True, None), "off": (off, True, None)}, f"/v2/models/{NAME}/classify", png_lua,
+                      (1, 32), seconds, rounds)
         print(f"(load average {load_average()})")
         off.stop()
         peer.stop()

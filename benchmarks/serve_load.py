@@ -172,7 +172,8 @@ def metrics(proc: Process) -> dict[str, float]:
 
 def wrk(url: str, lua: Path, connections: int, seconds: float, timeout_s: int = 10) -> Load:
     threads = min(2, connections)
-    proc = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout",
+    duration = f"{max(1, round(seconds))}s"  # wrk takes whole seconds
+    proc = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", duration, "--timeout",
                            f"{timeout_s}s", "-s", str(lua), url], capture_output=True, text=True,
                           timeout=seconds + 60)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("WRK ")), None)

@@ -486,7 +486,7 @@ def run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, run
     on, gport = serve(model, tmp, 32, grpc=True)
     off = peer = None
     try:
-        off, _ = serve(model, tmp, 1)
+        off, _ = serve(model, tmp, 1, grpc=True)  # gRPC too, as `on`: the two differ in --max-batch alone
         peer = baseline(model, tmp, json_body)
         e2e, floor = one_client(on.port, gport, x, runs)
         print("\nend to end, 1 client (tritonclient, one call after another), batching on:")

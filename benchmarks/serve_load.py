@@ -419,8 +419,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     try:
         model = args.model or make_model(tmp)
-        pixels = prepare(SAMPLE.read_bytes(), Predictor.open(model, "cpu").contract.preprocess)
-        x = Predictor.open(model, "cpu").contract.preprocess.normalize(pixels[None])
+        spec = Predictor.open(model, "cpu").contract.preprocess
+        x = spec.normalize(prepare(SAMPLE.read_bytes(), spec)[None])  # one real digit, as the model sees it
         import orjson
 
         json_body = tmp / "infer.json"

@@ -70,13 +70,18 @@ def _reason(lines: list[str], default: str) -> str:
     return default
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, spin: bool = True):
+    """``spin=False``: ONNX Runtime's pool threads sleep between runs instead of spin-waiting for the next one,
+    which a process that also needs its CPUs for other work (serve's event loop) wants."""
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return opts
 
 
@@ -107,7 +112,7 @@ def cuda_session(path: Path, opts, cuda_options: dict | None = None):
     return None, "CUDA provider could not be loaded: " + _reason(lines, "no CUDA device or libraries found")
 
 
-def create_session(path: str | os.PathLike, provider: str = "auto", threads: int | None = None):
+def create_session(path: str | os.PathLike, provider: str = "auto", threads: int | None = None, spin: bool = True):
     """Return (session, provider_used, notice). ``notice`` is a sentence for the user, or None."""
     path = Path(path)
     if provider not in PROVIDERS:
@@ -119,7 +124,7 @@ def create_session(path: str | os.PathLike, provider: str = "auto", threads: int
     if path.stat().st_size == 0:
         raise ModelError(path, "empty file (0 bytes)")
     ort = import_ort()
-    opts = session_options(threads)
+    opts = session_options(threads, spin)
     if provider in ("auto", "cuda"):
         session, reason = cuda_session(path, opts)
         if session is not None:
@@ -202,7 +207,7 @@ class Predictor:
     @classmethod
     def open(cls, path: str | os.PathLike = "model.onnx", provider: str = "auto", threads: int | None = None,
              flags: PreprocessFlags | None = None, run_timeout: float | None = None,
-             probe_timeout: float | None = None):
+             probe_timeout: float | None = None, spin: bool = True):
         """``run_timeout``: seconds per batch (default toolkit.run_guard.DEFAULT_RUN_TIMEOUT; 0: none);
         ``probe_timeout``: per probe run at open (default the smaller of it and PROBE_TIMEOUT).
 
@@ -216,7 +221,7 @@ class Predictor:
         limit = check_limit(DEFAULT_RUN_TIMEOUT if run_timeout is None else run_timeout)
         probe_limit = check_limit(probe_timeout) if probe_timeout is not None else (
             PROBE_TIMEOUT if limit is None else min(limit, PROBE_TIMEOUT))
-        session, used, notice = create_session(path, provider, threads)
+        session, used, notice = create_session(path, provider, threads, spin)
         contract = model_contract(session, path, flags)
         predictor = cls(path=path, session=session, provider=used, notice=notice, contract=contract,
                         guard=Guard(session, path, limit))

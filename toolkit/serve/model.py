@@ -76,7 +76,10 @@ class ServedModel:
     def open(self) -> tuple[Predictor, tuple]:
         """Load the file (blocking); raises toolkit errors that name the file."""
         identity = file_identity(self.path)
-        predictor = Predictor.open(self.path, self.options.provider, self.options.threads, flags=self.options.flags)
+        # No spin-waiting: ONNX Runtime's idle pool threads would take the CPUs the event loop needs to read the
+        # requests that form the next batch (measured on 2 cores, 32 connections: about 2x the requests/s without).
+        predictor = Predictor.open(self.path, self.options.provider, self.options.threads, flags=self.options.flags,
+                                   spin=False)
         return predictor, identity
 
     def load(self) -> None:

@@ -150,7 +150,11 @@ async def _main(app: ServeApp, listen: Listen) -> int:
         log.warning("--drain-timeout %.3g s ran out with %d request(s) unanswered", listen.drain_timeout_s,
                     unanswered)
         return 1
-    log.warning("stopped; every accepted request was answered (%d accepted)", app.accepted)
+    # The counts let a client-side tally be checked against the server's (tests/test_serve_ops.py and
+    # benchmarks/serve_load.py do).
+    answered = sum(m.stats.success + sum(m.stats.failure.values()) for m in app.models.values())
+    log.warning("stopped; every accepted request was answered (%d accepted) (%d inference requests since start)",
+                app.accepted, answered)
     return 0
 
 

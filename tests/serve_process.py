@@ -144,11 +144,7 @@ def linear_model(path: Path, seed: int = 0, rows: int | None = None, depth: int 
     1024-wide tanh layers first (one shared weight), ~2 MFLOP per row each: a model slow enough to keep a queue
     full or a request in flight."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from toolkit.contract import ModelContract
-    from toolkit.preprocess import PreprocessSpec
 
     rng = np.random.default_rng(seed)
     width = 1024 if depth else 784
@@ -170,6 +166,18 @@ def linear_model(path: Path, seed: int = 0, rows: int | None = None, depth: int 
     graph = helper.make_graph(
         nodes, "linear", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], weights)
+    return save_digit_model(graph, path)
+
+
+def save_digit_model(graph, path: Path) -> Path:
+    """``graph`` (input 'input' [batch, 1, 28, 28] FP32, output 'logits' [batch, 10]) saved with the toolkit's
+    digit contract."""
+    import onnx
+    from onnx import helper
+
+    from toolkit.contract import ModelContract
+    from toolkit.preprocess import PreprocessSpec
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     contract = ModelContract(input_name="input", input_shape=["batch", 1, 28, 28], input_dtype="float32",

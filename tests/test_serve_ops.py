@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_process import Server, infer_body, linear_model, logits_of, sample
+from serve_process import Server, infer_body, linear_model, logits_of, sample, save_digit_model
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient's gRPC client needs grpcio and protobuf")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -137,10 +137,6 @@ def value_failing_model(path: Path) -> Path:
     """A real graph that opens, warms up and runs on images, and fails on a request whose first value is past 9:
     it is a row index into a 10x10 table (ORT: index out of bounds), so the failure comes from the request."""
     from onnx import TensorProto, helper, numpy_helper
-    import onnx
-
-    from toolkit.contract import ModelContract
-    from toolkit.preprocess import PreprocessSpec
 
     table = numpy_helper.from_array(np.random.default_rng(0).normal(size=(10, 10)).astype(np.float32), "table")
     consts = [table, numpy_helper.from_array(np.array([0], np.int64), "zero"),
@@ -153,14 +149,7 @@ def value_failing_model(path: Path) -> Path:
     graph = helper.make_graph(nodes, "by_value",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], consts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    contract = ModelContract(input_name="input", input_shape=["batch", 1, 28, 28], input_dtype="float32",
-                             output_name="logits", classes=[str(i) for i in range(10)], preprocess=PreprocessSpec(),
-                             exporter="tests/test_serve_ops.py", opset=17)
-    helper.set_model_props(model, contract.to_metadata())
-    onnx.save(model, str(path))
-    return path
+    return save_digit_model(graph, path)
 
 
 def test_ready_only_once_the_batch_sizes_it_runs_are_known(tmp_path):

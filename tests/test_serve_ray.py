@@ -1,0 +1,329 @@
+"""`toolkit serve --engine ray` on a real two-node Ray cluster of local processes (token authentication on).
+
+The same requests go to the single-box server and to Ray Serve and must get the same bytes back; a replica
+is killed with SIGKILL under load from a pool of client threads (every request with a timeout) and the
+failures are counted during the kill and after Ray replaced it; SIGTERM deletes the Serve application;
+without --address a local Ray instance is started and nothing of it is left after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_process import Server, free_port
+from test_runtime_contracts import linear_onnx
+
+import tritonclient.http as httpclient  # noqa: E402  (serve_process skips the module when missing)
+
+
+
+def has_ray_serve() -> bool:
+    """Found, not imported (find_spec of ray.serve would import ray): Ray reads its authentication mode when
+    imported, and the cluster fixture sets it."""
+    spec = importlib.util.find_spec("ray")
+    return spec is not None and any((Path(p) / "serve" / "api.py").exists()
+                                    for p in spec.submodule_search_locations or [])
+
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not has_ray_serve(), reason="the cluster extra (ray[serve]) is not installed"),
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's processes through /proc")]
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = sorted((ROOT / "samples").glob("*/*.png"))[::7]
+REPLICA = "ServeReplica:toolkit:ToolkitServe"
+
+
+def without_ray_auth(env: dict) -> dict:
+    return {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+
+
+def parents() -> dict[int, int]:
+    found = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                found[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root``: what a process started (other engineers' Ray clusters are not counted)."""
+    tree, out, todo = parents(), set(), [root]
+    while todo:
+        parent = todo.pop()
+        children = [pid for pid, ppid in tree.items() if ppid == parent]
+        out.update(children)
+        todo.extend(children)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pids) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.append(pid)
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+class RayServer(Server):
+    """``toolkit serve MODEL --engine ray ...``: the Server helper's requests, without its gRPC/provider args."""
+
+    def __init__(self, args: list, tmp: Path, env: dict):
+        super().__init__([], tmp, grpc=False)
+        self.args = [sys.executable, "-m", "toolkit", "serve", *map(str, args), "--engine", "ray", "--port",
+                     str(self.port), "--provider", "cpu", "--threads", "1"]
+        self.env = env
+
+    def start(self, timeout: float = 150.0) -> "RayServer":
+        self._log = open(self.log, "wb")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env | {"PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"toolkit serve --engine ray exited {self.proc.returncode}: {self.output()}")
+            if "; ready" in self.output():
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"not ready within {timeout} s: {self.output()}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head and a second node on this machine, one CPU each, with Ray's token authentication.
+
+    HOME is a fresh folder for the nodes and the drivers: a stray ~/.ray/auth_token cannot stand in for the
+    token the test gives (or withholds)."""
+    home = tmp_path_factory.mktemp("ray-home")
+    token = secrets.token_hex(16)
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED", "HOME")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
+    from ray.cluster_utils import Cluster  # after the environment is set: Ray reads it when imported
+
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        nodes.add_node(num_cpus=1)
+        yield nodes.address, token, home
+    finally:
+        ours = descendants(os.getpid())
+        nodes.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        deadline = time.monotonic() + 30
+        while [p for p in alive(ours) if "raylet" in cmdline(p)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not [p for p in alive(ours) if "raylet" in cmdline(p)], "a raylet of the test cluster was left running"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("serve-ray") / "digits.onnx"
+    linear_onnx(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_server(cluster, model, tmp_path_factory):
+    """Two replicas on the two-node cluster, joined with only the token given."""
+    address, token, home = cluster
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token, "HOME": str(home)}
+    server = RayServer([model, "--address", address, "--replicas", "2"], tmp_path_factory.mktemp("log"), env)
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL) if server.proc.poll() is None else None
+
+
+def serve_status(address: str, token: str, home: Path) -> dict:
+    """Serve's applications on the cluster, seen by a separate driver with the token."""
+    code = ("import json, ray; from ray import serve; ray.init(address=%r, logging_level='ERROR'); "
+            "s = serve.status(); print(json.dumps({n: {d: dict(v.replica_states) for d, v in a.deployments.items()} "
+            "for n, a in s.applications.items()}))" % address)
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(home)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tensor_bodies(model: Path) -> list[tuple[str, bytes, dict]]:
+    """Requests of the protocol, JSON and binary, with tensors and with encoded images."""
+    from toolkit.predict import prepare
+    from toolkit.runtime import Predictor
+
+    spec = Predictor.open(model, "cpu").contract.preprocess
+    x = spec.normalize(np.stack([prepare(p) for p in SAMPLES[:4]]))
+    outputs = [{"name": n} for n in ("logits", "probabilities", "label", "confidence")]
+    as_json = json.dumps({"id": "r1", "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                                  "data": x.ravel().tolist()}], "outputs": outputs}).encode()
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    binary = (head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head)),
+                                   "Content-Type": "application/octet-stream"})
+    files = [p.read_bytes() for p in SAMPLES[4:8]]
+    import base64
+
+    images = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(files)],
+                                     "data": [base64.b64encode(f).decode() for f in files]}]}).encode()
+    requests = [("/v2/models/digits/infer", as_json, {}), ("/v2/models/digits/infer", *binary),
+                ("/v2/models/digits/infer", images, {})]
+    requests += [(f"/v2/models/digits/classify{q}", p.read_bytes(), {}) for p, q in zip(SAMPLES[8:12],
+                                                                                        ["", "?view=1", "", ""])]
+    return requests
+
+
+def test_the_same_responses_as_the_single_box_server(ray_server, model, tmp_path):
+    with Server([model, "--threads", "1"], tmp_path, grpc=False) as local:
+        for path in ("/v2", "/v2/models/digits", "/v2/models/digits/ready", "/v2/health/ready", "/nope"):
+            assert ray_server.get(path)[:2] == local.get(path)[:2], path
+        for path, body, headers in tensor_bodies(model):
+            got, want = ray_server.post(path, body, headers=headers), local.post(path, body, headers=headers)
+            assert got[0] == want[0] == 200, (path, got[1][:300])
+            assert got[1] == want[1], path  # byte for byte: the same app, the same session options
+            for key in ("Content-Type", "Inference-Header-Content-Length"):
+                assert got[2].get(key) == want[2].get(key), (path, key)
+        bad = ray_server.post("/v2/models/digits/classify", b"not an image")
+        assert bad[:2] == local.post("/v2/models/digits/classify", b"not an image")[:2] and bad[0] == 400
+    client = httpclient.InferenceServerClient(ray_server.url)  # the protocol's own client, unchanged
+    assert client.is_server_ready() and client.get_model_metadata("digits")["inputs"][0]["name"] == "input"
+
+
+def replicas(cluster_root: int) -> set[int]:
+    return {p for p in alive(descendants(cluster_root)) if cmdline(p).startswith(f"ray::{REPLICA}")}
+
+
+def test_a_replica_killed_under_load(ray_server, cluster, model):
+    """SIGKILL to one of two replicas while 8 client threads send requests (each with a 10 s timeout)."""
+    address, token, home = cluster
+    path, body, headers = tensor_bodies(model)[1]
+    before = replicas(os.getpid())
+    assert len(before) == 2, before
+    log: list[tuple[float, int, bytes]] = []  # (start time, HTTP status or 0 for no answer, body)
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            status, answer, _ = ray_server.post(path, body, headers=headers, timeout=10.0)
+            log.append((started, status, answer[:300]))
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(8):
+            pool.submit(client)
+        time.sleep(3)
+        killed = sorted(before)[0]
+        kill_t = time.monotonic()
+        os.kill(killed, signal.SIGKILL)
+        replaced_t = None
+        deadline = kill_t + 90
+        while time.monotonic() < deadline:  # replaced: Serve runs two replicas again, one of them new
+            now = replicas(os.getpid())
+            if len(now) == 2 and killed not in now:
+                states = serve_status(address, token, home).get("toolkit", {}).get("ToolkitServe", {})
+                if states.get("RUNNING") == 2:
+                    replaced_t = time.monotonic()
+                    break
+            time.sleep(0.5)
+        assert replaced_t is not None, "Ray Serve did not replace the killed replica within 90 s"
+        time.sleep(5)
+        stop.set()
+    during = [r for r in log if kill_t <= r[0] < replaced_t]
+    after = [r for r in log if r[0] >= replaced_t]
+    earlier = [r for r in log if r[0] < kill_t]
+    failed_during = [r for r in during if r[1] != 200]
+    failed_after = [r for r in after if r[1] != 200]
+    print(f"\nreplica kill: {len(earlier)} requests before, {len(during)} during ({replaced_t - kill_t:.1f} s, "
+          f"{len(failed_during)} failed: {sorted({r[1] for r in failed_during})}), {len(after)} after "
+          f"({len(failed_after)} failed)")
+    assert not [r for r in earlier if r[1] != 200]
+    assert all(r[1] >= 400 for r in failed_during + failed_after), "a request got no HTTP answer (a hang or a reset)"
+    assert not failed_after, failed_after[:3]
+    assert len(failed_during) <= max(1, len(during) // 100), (len(failed_during), len(during), failed_during[:3])
+    assert len(after) > 20
+
+
+def test_a_driver_without_the_token_is_refused(cluster, model, tmp_path):
+    address, _, _ = cluster
+    env = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}  # no token, no ~/.ray/auth_token
+    result = subprocess.run([sys.executable, "-m", "toolkit", "serve", str(model), "--engine", "ray", "--address",
+                             address, "--port", str(free_port())], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 5
+    assert result.stderr.count("\n") == 1 and "requires its authentication token" in result.stderr, result.stderr
+
+
+def test_sigterm_deletes_the_serve_application(ray_server, cluster):
+    """Last of the cluster tests: SIGTERM to the command, exit 0, no Serve application or replica left."""
+    address, token, home = cluster
+    assert "toolkit" in serve_status(address, token, home)
+    started = time.monotonic()
+    assert ray_server.stop(signal.SIGTERM, timeout=90) == 0, ray_server.output()
+    print(f"\nSIGTERM to exit: {time.monotonic() - started:.1f} s")
+    assert "Traceback" not in ray_server.output()
+    assert serve_status(address, token, home) == {}
+    deadline = time.monotonic() + 30
+    while replicas(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not replicas(os.getpid())
+    assert ray_server.get("/v2/health/live")[0] == 0  # the proxy is gone: Serve was shut down with its app
+
+
+def test_sigterm_stops_a_local_ray_instance(model, tmp_path):
+    """No --address: the command starts a local Ray; after SIGTERM no process it started is left."""
+    env = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}
+    server = RayServer([model], tmp_path, env).start()
+    try:
+        ours = descendants(server.proc.pid)
+        assert [p for p in ours if "raylet" in cmdline(p)], "no raylet below the command"
+        assert server.post("/v2/models/digits/classify", SAMPLES[0].read_bytes())[0] == 200
+        assert server.stop(signal.SIGTERM, timeout=90) == 0, server.output()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    deadline = time.monotonic() + 30
+    while alive(ours) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(ours), [cmdline(p)[:100] for p in alive(ours)]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--replicas", "2"], "--replicas deploys on Ray Serve: it needs --engine ray"),
+    (["--engine", "ray", "--grpc-port", "9001"], "--grpc-port is not available with --engine ray"),
+    (["--engine", "ray", "--min-replicas", "2"], "give --replicas auto"),
+    (["--engine", "ray", "--replicas", "auto", "--min-replicas", "3", "--max-replicas", "2"], "is above"),
+    (["--engine", "ray", "--replicas", "zero"], "a number of replicas from 1 to 1024, or auto"),
+])
+def test_usage_errors(model, args, message):
+    result = subprocess.run([sys.executable, "-m", "toolkit", "serve", str(model), *args], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -285,6 +285,17 @@ def test_a_driver_without_the_token_is_refused(cluster, model, tmp_path):
     assert result.stderr.count("\n") == 1 and "requires its authentication token" in result.stderr, result.stderr
 
 
+def test_provider_cuda_on_a_cluster_without_a_gpu(cluster, model, tmp_path):
+    """The replica's provider is the cluster's business: no GPU there is one line, exit 5, nothing deployed."""
+    address, token, home = cluster
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token, "HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "toolkit", "serve", str(model), "--engine", "ray", "--address",
+                             address, "--port", str(free_port()), "--provider", "cuda"], capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr == "toolkit: error: --provider cuda: the Ray cluster has no GPU for a replica\n"
+
+
 def test_sigterm_deletes_the_serve_application(ray_server, cluster):
     """Last of the cluster tests: SIGTERM to the command, exit 0, no Serve application or replica left."""
     address, token, home = cluster

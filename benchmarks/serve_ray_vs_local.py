@@ -1,0 +1,143 @@
+"""The cost of the Ray Serve hop: single-box `toolkit serve` against `toolkit serve --engine ray`, end to end.
+
+Prints numbers; it is not a test. Both servers run in fresh processes, in the same run, with the same model,
+one ONNX Runtime thread per session (--threads 1) and one Ray Serve replica (a local Ray instance), so the
+difference is the Serve hop (its proxy, the router, the replica's ASGI wrapper) and nothing else. The same
+clients (threads in this process, one persistent HTTP/1.1 connection each, a 30 s timeout per request) send
+binary-tensor infer requests of one row (what tritonclient sends) for --seconds at 1 and at 32 clients,
+after a warm-up; p50/p99 of each request's wall time and the requests per second are printed.
+
+    flock /tmp/toolkit-bench.lock python benchmarks/serve_ray_vs_local.py --onnx model.onnx [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], port: int, log: Path) -> subprocess.Popen:
+    out = open(log, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "serve", *args, "--port", str(port)], stdout=out,
+                            stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"toolkit serve {' '.join(args)} exited {proc.returncode}: {log.read_text()[-2000:]}")
+        if "ready" in log.read_text(errors="replace"):
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"not ready within 300 s: {log.read_text()[-2000:]}")
+
+
+def request_body(model: str) -> tuple[str, bytes, dict]:
+    from toolkit.runtime import Predictor
+
+    shape = [1, *Predictor.open(model, "cpu").contract.preprocess.input_shape]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape,
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    name = Path(model).stem
+    return (f"/v2/models/{name}/infer", head + x.tobytes(),
+            {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"})
+
+
+def load(port: int, clients: int, seconds: float, request) -> dict:
+    path, body, headers = request
+    times: list[float] = []
+    failures = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                conn.request("POST", path, body, headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                ok = False
+            if ok:
+                times.append(time.perf_counter() - t)
+            else:
+                failures[0] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    ms = np.array(times) * 1e3
+    return {"clients": clients, "requests": len(times), "failed": failures[0], "rps": len(times) / seconds,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx", required=True, help="the model both servers serve")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per client count")
+    parser.add_argument("--clients", default="1,32")
+    parser.add_argument("--logs", default="/tmp", help="folder for the servers' logs")
+    args = parser.parse_args()
+    request = request_body(args.onnx)
+    counts = [int(c) for c in args.clients.split(",")]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    engines = {"single box": [args.onnx, "--threads", "1", "--grpc-port", "0", "--provider", "cpu"],
+               "Ray Serve": [args.onnx, "--threads", "1", "--engine", "ray", "--replicas", "1", "--provider", "cpu"]}
+    results = {}
+    for engine, serve_args in engines.items():
+        port = free_port()
+        log = Path(args.logs) / f"serve-ray-vs-local-{port}.log"
+        started = time.perf_counter()
+        proc = start(serve_args, port, log)
+        ready = time.perf_counter() - started
+        try:
+            load(port, 4, 3.0, request)  # warm-up: connections, the batcher, Serve's router
+            results[engine] = [load(port, n, args.seconds, request) for n in counts]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(120)
+        print(f"{engine}: ready after {ready:.1f} s, exit {code} after SIGTERM")
+        for r in results[engine]:
+            print(f"  {r['clients']:>2} client(s): p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+                  f"{r['rps']:.0f} requests/s ({r['requests']} answered, {r['failed']} failed)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for i, n in enumerate(counts):
+        local, ray = results["single box"][i], results["Ray Serve"][i]
+        print(f"Serve hop at {n} client(s): p50 +{ray['p50_ms'] - local['p50_ms']:.2f} ms, "
+              f"p99 +{ray['p99_ms'] - local['p99_ms']:.2f} ms, throughput {ray['rps'] / local['rps']:.0%} of "
+              "the single box")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -184,6 +184,10 @@ def _probe(ray, refs, options: ModelOptions, limits: Limits | None) -> dict:
     except ray.exceptions.GetTimeoutError:
         ray.cancel(task, force=True)
         raise ClusterUnavailable("no node of the Ray cluster took a replica's resources within 300 s") from None
+    except ray.exceptions.RayError as e:  # anything else a node says (a lost worker, a missing library)
+        cause = getattr(e, "cause", None) or e
+        raise ClusterUnavailable(f"a replica could not open the model(s) on the Ray cluster "
+                                 f"({type(cause).__name__}: {first_line(cause, 300)})") from None
 
 
 def _deploy(serve, refs, options: ModelOptions, limits: Limits | None, listen: RayListen, scaling: Scaling) -> bool:

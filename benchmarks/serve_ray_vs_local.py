@@ -1,13 +1,16 @@
 """The cost of the Ray Serve hop: single-box `toolkit serve` against `toolkit serve --engine ray`, end to end.
 
-Prints numbers; it is not a test. Both servers run in fresh processes, in the same run, with the same model,
-one ONNX Runtime thread per session (--threads 1) and one Ray Serve replica (a local Ray instance), so the
-difference is the Serve hop (its proxy, the router, the replica's ASGI wrapper) and nothing else. The same
-clients (threads in this process, one persistent HTTP/1.1 connection each, a 30 s timeout per request) send
-binary-tensor infer requests of one row (what tritonclient sends) for --seconds at 1 and at 32 clients,
-after a warm-up; p50/p99 of each request's wall time and the requests per second are printed.
+Prints numbers; it is not a test. Both servers run in fresh processes, side by side in the same run, with
+the same model, one ONNX Runtime thread per session (--threads 1) and one Ray Serve replica (a local Ray
+instance), so the difference is the Serve hop (its proxy, the router, the replica's ASGI wrapper) and
+nothing else. The same clients (threads in this process, one persistent HTTP/1.1 connection each, a 30 s
+timeout per request) send binary-tensor infer requests of one row (what tritonclient sends) for --seconds
+at 1 and at 32 clients, after a warm-up. The measurements alternate between the two servers for --rounds
+rounds, so a machine whose other load drifts (a shared one) weighs on both alike; the idle server costs
+the measured one little (Ray's idle processes: a few % of a CPU). Per server and client count: p50/p99 of
+each request's wall time over every round, and the requests per second (median of the rounds).
 
-    flock /tmp/toolkit-bench.lock python benchmarks/serve_ray_vs_local.py --onnx model.onnx [--seconds 15]
+    flock /tmp/toolkit-bench.lock python benchmarks/serve_ray_vs_local.py --onnx model.onnx [--seconds 10]
 """
 
 from __future__ import annotations
@@ -96,6 +99,13 @@ def load(port: int, clients: int, seconds: float, request) -> dict:
         t.join()
     ms = np.array(times) * 1e3
     return {"clients": clients, "requests": len(times), "failed": failures[0], "rps": len(times) / seconds,
+            "ms": ms}
+
+
+def summary(runs: list[dict]) -> dict:
+    ms = np.concatenate([r["ms"] for r in runs])
+    return {"clients": runs[0]["clients"], "requests": int(sum(r["requests"] for r in runs)),
+            "failed": int(sum(r["failed"] for r in runs)), "rps": float(np.median([r["rps"] for r in runs])),
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
@@ -104,6 +114,7 @@ def main() -> None:
     parser.add_argument("--onnx", required=True, help="the model both servers serve")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per client count")
     parser.add_argument("--clients", default="1,32")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--logs", default="/tmp", help="folder for the servers' logs")
     args = parser.parse_args()
     request = request_body(args.onnx)
@@ -113,20 +124,26 @@ def main() -> None:
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     engines = {"single box": [args.onnx, "--threads", "1", "--grpc-port", "0", "--provider", "cpu"],
                "Ray Serve": [args.onnx, "--threads", "1", "--engine", "ray", "--replicas", "1", "--provider", "cpu"]}
-    results = {}
-    for engine, serve_args in engines.items():
-        port = free_port()
-        log = Path(args.logs) / f"serve-ray-vs-local-{port}.log"
-        started = time.perf_counter()
-        proc = start(serve_args, port, log)
-        ready = time.perf_counter() - started
-        try:
-            load(port, 4, 3.0, request)  # warm-up: connections, the batcher, Serve's router
-            results[engine] = [load(port, n, args.seconds, request) for n in counts]
-        finally:
+    procs, ports = {}, {}
+    try:
+        for engine, serve_args in engines.items():
+            ports[engine] = free_port()
+            started = time.perf_counter()
+            procs[engine] = start(serve_args, ports[engine], Path(args.logs) / f"serve-{ports[engine]}.log")
+            print(f"{engine}: ready after {time.perf_counter() - started:.1f} s")
+            load(ports[engine], 4, 3.0, request)  # warm-up: connections, the batcher, Serve's router
+        runs = {(e, n): [] for e in engines for n in counts}
+        for _ in range(args.rounds):
+            for n in counts:
+                for engine in engines:
+                    runs[engine, n].append(load(ports[engine], n, args.seconds, request))
+    finally:
+        for engine, proc in procs.items():
             proc.send_signal(signal.SIGTERM)
-            code = proc.wait(120)
-        print(f"{engine}: ready after {ready:.1f} s, exit {code} after SIGTERM")
+            print(f"{engine}: exit {proc.wait(120)} after SIGTERM")
+    results = {e: [summary(runs[e, n]) for n in counts] for e in engines}
+    for engine in engines:
+        print(f"{engine}:")
         for r in results[engine]:
             print(f"  {r['clients']:>2} client(s): p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
                   f"{r['rps']:.0f} requests/s ({r['requests']} answered, {r['failed']} failed)")

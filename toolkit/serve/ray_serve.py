@@ -16,16 +16,17 @@ proxy has no such limit). /metrics answers with the counters of the replica that
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClusterUnavailable, ProviderUnavailable, ToolkitError
+from ..runtime import Predictor, captured_stderr
 from ..text import first_line
 from .app import Limits
 from .model import ModelOptions
@@ -128,7 +129,6 @@ def serve_on_ray(models: list[tuple[str, str | os.PathLike]], options: ModelOpti
                  listen: RayListen, scaling: Scaling) -> int:
     """Deploy on Ray Serve and serve until SIGTERM/SIGINT; then delete the application (and a local Ray). 0."""
     from ..predict.ray.cluster import import_ray, ray_session
-    from ..runtime import Predictor
 
     import_ray(listen.address)  # sets the token mode before Ray is imported; a missing Ray is one line
     try:
@@ -139,30 +139,38 @@ def serve_on_ray(models: list[tuple[str, str | os.PathLike]], options: ModelOpti
     for _, path in models:  # a bad file fails here, before any cluster work (CPU: the provider is the replica's)
         Predictor.open(path, "cpu", 1, flags=options.flags)
     stop = threading.Event()
-    with ray_session(listen.address) as (ray, _):
-        # After ray.init, which installs its own SIGTERM handler (sys.exit): ours deletes the application first.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        for name in ("ray.serve", "ray"):
-            logging.getLogger(name).setLevel(logging.ERROR)  # Serve's INFO lines: the command says its own
-        refs = [(name, [ray.put(Path(path).read_bytes())], Path(path).suffix or ".onnx") for name, path in models]
-        providers = _probe(ray, refs, options, limits)
-        if stop.is_set():
-            return 0
-        cpus = ray.cluster_resources().get("CPU", 0)
-        started = _deploy(serve, refs, options, limits, listen, scaling)
-        try:
-            where = f"{'https' if listen.certfile else 'http'}://{listen.host}:{listen.port}"
-            count = (f"{scaling.replicas} replica(s)" if scaling.replicas is not None else
-                     f"{scaling.min_replicas} to {scaling.max_replicas} replicas (autoscaled)")
-            log.warning("serving %s on Ray Serve at %s, %s on %s (%g CPU(s)); ready",
-                        ", ".join(f"{n} ({p})" for n, p in providers.items()), where, count,
-                        listen.address or "a local Ray instance", cpus)
-            while not stop.wait(0.5):
-                pass
-            log.warning("stopping: deleting the Serve application %r", APP_NAME)
-        finally:
-            _undeploy(serve, started and listen.address is not None)  # a local Ray ends with us
+    problem = None
+    with contextlib.ExitStack() as quiet:
+        with ray_session(listen.address) as (ray, _):
+            # After ray.init, which installs its own SIGTERM handler (sys.exit): ours deletes the application first.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            for name in ("ray.serve", "ray"):
+                logging.getLogger(name).setLevel(logging.ERROR)  # Serve's INFO lines: the command says its own
+            refs = [(name, [ray.put(Path(path).read_bytes())], Path(path).suffix or ".onnx")
+                    for name, path in models]
+            providers = _probe(ray, refs, options, limits)
+            if stop.is_set():
+                return 0
+            cpus = ray.cluster_resources().get("CPU", 0)
+            started = _deploy(serve, refs, options, limits, listen, scaling)
+            try:
+                where = f"{'https' if listen.certfile else 'http'}://{listen.host}:{listen.port}"
+                count = (f"{scaling.replicas} replica(s)" if scaling.replicas is not None else
+                         f"{scaling.min_replicas} to {scaling.max_replicas} replicas (autoscaled)")
+                log.warning("serving %s on Ray Serve at %s, %s on %s (%g CPU(s)); ready",
+                            ", ".join(f"{n} ({p})" for n, p in providers.items()), where, count,
+                            listen.address or "a local Ray instance", cpus)
+                while not stop.wait(0.5):
+                    pass
+                log.warning("stopping: deleting the Serve application %r", APP_NAME)
+            finally:
+                # Until Ray is shut down: it reports the Serve controller it stops as a failed task on this
+                # process's stderr (it is not one); the command's own lines come after.
+                quiet.enter_context(captured_stderr())
+                problem = _undeploy(serve, started and listen.address is not None)  # a local Ray ends with us
+    if problem:
+        log.warning("could not delete the Serve application %r (%s)", APP_NAME, problem)
     log.warning("stopped")
     return 0
 
@@ -208,15 +216,15 @@ def _deploy(serve, refs, options: ModelOptions, limits: Limits | None, listen: R
         app = deployment(serve, scaling, options, listen.drain_timeout_s).bind(refs, options, limits)
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": "WARNING"})
     except Exception as e:
-        with _quiet():
-            _undeploy(serve, started)
+        _undeploy(serve, started)
         raise ClusterUnavailable(f"Ray Serve could not deploy the application ({type(e).__name__}: "
                                  f"{first_line(e, 300)})") from None
     return started
 
 
-def _undeploy(serve, started: bool, timeout_s: float = 60.0) -> None:
+def _undeploy(serve, started: bool, timeout_s: float = 60.0) -> str | None:
     """Delete this server's application; shut Serve down too if this server started it and nothing else runs.
+    Returns what went wrong, if anything.
 
     Bounded: a Ctrl-C sent to the whole terminal's process group also stops a local Ray's own processes,
     and Ray's calls then wait for a GCS that is gone."""
@@ -226,12 +234,7 @@ def _undeploy(serve, started: bool, timeout_s: float = 60.0) -> None:
         try:
             serve.delete(APP_NAME)
             if started and not serve.status().applications:
-                from ..runtime import captured_stderr
-
-                # Ray logs the controller's end on this process's stderr as a failed task: it is not one.
-                with captured_stderr():
-                    serve.shutdown()
-                    time.sleep(0.5)
+                serve.shutdown()
         except Exception as e:  # the cluster went away: nothing of ours is left to delete
             failure.append(first_line(e, 200))
 
@@ -239,15 +242,5 @@ def _undeploy(serve, started: bool, timeout_s: float = 60.0) -> None:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        failure.append(f"no answer from the cluster within {timeout_s:g} s")
-    if failure:
-        log.warning("could not delete the Serve application %r (%s)", APP_NAME, failure[0])
-
-
-class _quiet:
-    def __enter__(self):
-        self.level = log.level
-        log.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        log.setLevel(self.level)
+        return f"no answer from the cluster within {timeout_s:g} s"
+    return failure[0] if failure else None

@@ -17,8 +17,10 @@ proxy has no such limit). /metrics answers with the counters of the replica that
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -140,7 +142,8 @@ def serve_on_ray(models: list[tuple[str, str | os.PathLike]], options: ModelOpti
         Predictor.open(path, "cpu", 1, flags=options.flags)
     stop = threading.Event()
     problem = None
-    with contextlib.ExitStack() as quiet:
+    notes = RayNotes()
+    with contextlib.redirect_stdout(notes), contextlib.ExitStack() as quiet:
         with ray_session(listen.address) as (ray, _):
             # After ray.init, which installs its own SIGTERM handler (sys.exit): ours deletes the application first.
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,11 +171,36 @@ def serve_on_ray(models: list[tuple[str, str | os.PathLike]], options: ModelOpti
                 # Until Ray is shut down: it reports the Serve controller it stops as a failed task on this
                 # process's stderr (it is not one); the command's own lines come after.
                 quiet.enter_context(captured_stderr())
+                notes.muted = True
                 problem = _undeploy(serve, started and listen.address is not None)  # a local Ray ends with us
     if problem:
         log.warning("could not delete the Serve application %r (%s)", APP_NAME, problem)
     log.warning("stopped")
     return 0
+
+
+class RayNotes(io.TextIOBase):
+    """This process's stdout while it serves: only Ray's driver writes there (the command prints nothing on
+    stdout), asynchronously, lines like "(raylet) A worker died or was killed ... Lease ID: ...". Each becomes
+    one line of the command's log, its first sentence; muted while the command stops Serve, whose controller
+    Ray reports as a failed task (it is not one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.muted = False
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+            line = re.sub(r"^\(\w+(?:, [^)]*)?\)\s*", "", line)  # "(raylet)", "(ServeReplica..., pid=...)"
+            if line and not self.muted:
+                log.warning("Ray: %s", re.split(r"(?<=\.)\s", line, maxsplit=1)[0][:300])
+        return len(text)
 
 
 def _probe(ray, refs, options: ModelOptions, limits: Limits | None) -> dict:

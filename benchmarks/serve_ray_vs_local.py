@@ -31,6 +31,14 @@ from pathlib import Path
 import numpy as np
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     request = request_body(args.onnx)
     counts = [int(c) for c in args.clients.split(",")]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     engines = {"single box": [args.onnx, "--threads", "1", "--grpc-port", "0", "--provider", "cpu"],

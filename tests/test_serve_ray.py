@@ -318,6 +318,44 @@ def test_sigterm_deletes_the_serve_application(ray_server, cluster):
     assert ray_server.get("/v2/health/live")[0] == 0  # the proxy is gone: Serve was shut down with its app
 
 
+def test_replicas_auto_scales_up_under_load(cluster, model, tmp_path):
+    """--replicas auto: one replica while idle, a second one once the ongoing requests pass the target
+    (--max-batch 2: two per replica) under 8 clients; never more than --max-replicas."""
+    address, token, home = cluster
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token, "HOME": str(home)}
+    server = RayServer([model, "--address", address, "--replicas", "auto", "--min-replicas", "1",
+                        "--max-replicas", "2", "--max-batch", "2"], tmp_path, env).start()
+    stop = threading.Event()
+    threads = [threading.Thread(target=lambda: None)]
+    try:
+        assert "1 to 2 replicas (autoscaled)" in server.output()
+        assert len(replicas(os.getpid())) == 1
+        path, body, headers = tensor_bodies(model)[1]
+
+        def client() -> None:
+            while not stop.is_set():
+                server.post(path, body, headers=headers, timeout=10.0)
+
+        threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 90
+        states = {}
+        while time.monotonic() < deadline:
+            states = serve_status(address, token, home).get("toolkit", {}).get("ToolkitServe", {})
+            if states.get("RUNNING") == 2:
+                break
+            time.sleep(1)
+        assert states.get("RUNNING") == 2, states
+        assert len(replicas(os.getpid())) == 2  # --max-replicas: the two nodes' CPUs, no third
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15) if t.ident else None
+        assert server.stop(signal.SIGTERM, timeout=90) == 0, server.output()
+    assert serve_status(address, token, home) == {}
+
+
 def test_sigterm_stops_a_local_ray_instance(model, tmp_path):
     """No --address: the command starts a local Ray; after SIGTERM no process it started is left."""
     env = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}

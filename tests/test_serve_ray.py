@@ -2,8 +2,8 @@
 
 The same requests go to the single-box server and to Ray Serve and must get the same bytes back; a replica
 is killed with SIGKILL under load from a pool of client threads (every request with a timeout) and the
-failures are counted during the kill and after Ray replaced it; SIGTERM deletes the Serve application;
-without --address a local Ray instance is started and nothing of it is left after SIGTERM.
+failures are counted during the kill and after Ray replaced it; --replicas auto scales up under load;
+SIGTERM deletes the Serve application; without --address a local Ray instance is started and nothing of it is left after SIGTERM.
 """
 
 from __future__ import annotations

@@ -118,6 +118,23 @@ class RayServer(Server):
         return self.log.read_text(errors="replace")  # unbuffered child, and readable after stop()
 
 
+# The cluster lives in a process of its own: Ray loads its token once per process, so a cluster started in the
+# pytest process would clash with any other test file's (tests/test_ray.py's) token.
+CLUSTER = r"""
+import sys
+from ray.cluster_utils import Cluster
+nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+try:
+    # The second node declares a GPU: this machine has none, so CUDA fails where a replica runs, which is
+    # where the provider must be checked (test_provider_cuda_is_checked_where_a_replica_runs).
+    nodes.add_node(num_cpus=1, num_gpus=1)
+    print(nodes.address, flush=True)
+    sys.stdin.read()
+finally:
+    nodes.shutdown()
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head and a second node on this machine, one CPU each, with Ray's token authentication.
@@ -126,24 +143,24 @@ def cluster(tmp_path_factory):
     token the test gives (or withholds)."""
     home = tmp_path_factory.mktemp("ray-home")
     token = secrets.token_hex(16)
-    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED", "HOME")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
-    from ray.cluster_utils import Cluster  # after the environment is set: Ray reads it when imported
-
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+                                          "RAY_USAGE_STATS_ENABLED": "0", "HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    ours: set[int] = set()
     try:
-        nodes.add_node(num_cpus=1)
-        yield nodes.address, token, home
+        address = proc.stdout.readline().strip()
+        assert address, f"the test cluster did not start (exit {proc.poll()})"
+        ours = descendants(proc.pid)
+        yield address, token, home
     finally:
-        ours = descendants(os.getpid())
-        nodes.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        ours |= descendants(proc.pid)
+        proc.stdin.close()
+        try:
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
         deadline = time.monotonic() + 30
         while [p for p in alive(ours) if "raylet" in cmdline(p)] and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -288,17 +305,6 @@ def test_a_driver_without_the_token_is_refused(cluster, model, tmp_path):
     assert result.stderr.count("\n") == 1 and "requires its authentication token" in result.stderr, result.stderr
 
 
-def test_provider_cuda_on_a_cluster_without_a_gpu(cluster, model, tmp_path):
-    """The replica's provider is the cluster's business: no GPU there is one line, exit 5, nothing deployed."""
-    address, token, home = cluster
-    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token, "HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "toolkit", "serve", str(model), "--engine", "ray", "--address",
-                             address, "--port", str(free_port()), "--provider", "cuda"], capture_output=True,
-                            text=True, timeout=120, env=env)
-    assert result.returncode == 5, result.stderr
-    assert result.stderr == "toolkit: error: --provider cuda: the Ray cluster has no GPU for a replica\n"
-
-
 def test_sigterm_deletes_the_serve_application(ray_server, cluster):
     """Last of the cluster tests: SIGTERM to the command, exit 0, no Serve application or replica left."""
     address, token, home = cluster
@@ -316,6 +322,20 @@ def test_sigterm_deletes_the_serve_application(ray_server, cluster):
         time.sleep(0.2)
     assert not replicas(os.getpid())
     assert ray_server.get("/v2/health/live")[0] == 0  # the proxy is gone: Serve was shut down with its app
+
+
+def test_provider_cuda_is_checked_where_a_replica_runs(cluster, model, tmp_path):
+    """The command's machine never decides --provider cuda: a replica's node does (here the second node,
+    which declares a GPU this machine does not have), in one line, exit 5, nothing deployed."""
+    address, token, home = cluster
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token, "HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "toolkit", "serve", str(model), "--engine", "ray", "--address",
+                             address, "--port", str(free_port()), "--provider", "cuda"], capture_output=True,
+                            text=True, timeout=180, env=env)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("toolkit: error: "), result.stderr
+    assert "CUDA" in result.stderr and "has no GPU" not in result.stderr, result.stderr
+    assert serve_status(address, token, home) == {}
 
 
 def test_replicas_auto_scales_up_under_load(cluster, model, tmp_path):

@@ -2,8 +2,9 @@
 
 The same requests go to the single-box server and to Ray Serve and must get the same bytes back; a replica
 is killed with SIGKILL under load from a pool of client threads (every request with a timeout) and the
-failures are counted during the kill and after Ray replaced it; --replicas auto scales up under load;
-SIGTERM deletes the Serve application; without --address a local Ray instance is started and nothing of it is left after SIGTERM.
+failures are counted during the kill and after Ray replaced it; SIGTERM deletes the Serve application;
+without --address a local Ray instance is started, --replicas auto scales up under load there, and nothing
+of it is left after SIGTERM.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def test_a_driver_without_the_token_is_refused(cluster, model, tmp_path):
 def test_sigterm_deletes_the_serve_application(ray_server, cluster):
     """Last of the cluster tests: SIGTERM to the command, exit 0, no Serve application or replica left."""
     address, token, home = cluster
-    assert "toolkit" in serve_status(address, token, home)
+    assert replicas(os.getpid())  # the application runs (Serve said so in the kill test)
     started = time.monotonic()
     assert ray_server.stop(signal.SIGTERM, timeout=90) == 0, ray_server.output()
     print(f"\nSIGTERM to exit: {time.monotonic() - started:.1f} s")
@@ -338,19 +339,22 @@ def test_provider_cuda_is_checked_where_a_replica_runs(cluster, model, tmp_path)
     assert serve_status(address, token, home) == {}
 
 
-def test_replicas_auto_scales_up_under_load(cluster, model, tmp_path):
-    """--replicas auto: one replica while idle, a second one once the ongoing requests pass the target
-    (--max-batch 2: two per replica) under 8 clients; never more than --max-replicas."""
-    address, token, home = cluster
-    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token, "HOME": str(home)}
-    server = RayServer([model, "--address", address, "--replicas", "auto", "--min-replicas", "1",
-                        "--max-replicas", "2", "--max-batch", "2"], tmp_path, env).start()
+def test_autoscaled_on_a_local_ray_instance_and_nothing_left(model, tmp_path):
+    """No --address: the command starts a local Ray (this machine's CPUs). --replicas auto: one replica while
+    idle, a second once the ongoing requests pass the target (--max-batch 2: two per replica) under 8 clients,
+    never more than --max-replicas. After SIGTERM no process the command started is left."""
+    env = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}
+    server = RayServer([model, "--replicas", "auto", "--min-replicas", "1", "--max-replicas", "2",
+                        "--max-batch", "2"], tmp_path, env).start()
     stop = threading.Event()
     threads = [threading.Thread(target=lambda: None)]
     try:
+        ours = descendants(server.proc.pid)
+        assert [p for p in ours if "raylet" in cmdline(p)], "no raylet below the command"
         assert "1 to 2 replicas (autoscaled)" in server.output()
-        assert len(replicas(os.getpid())) == 1
+        assert len(replicas(server.proc.pid)) == 1
         path, body, headers = tensor_bodies(model)[1]
+        assert server.post(path, body, headers=headers)[0] == 200
 
         def client() -> None:
             while not stop.is_set():
@@ -360,34 +364,17 @@ def test_replicas_auto_scales_up_under_load(cluster, model, tmp_path):
         for t in threads:
             t.start()
         deadline = time.monotonic() + 90
-        states = {}
-        while time.monotonic() < deadline:
-            states = serve_status(address, token, home).get("toolkit", {}).get("ToolkitServe", {})
-            if states.get("RUNNING") == 2:
-                break
-            time.sleep(1)
-        assert states.get("RUNNING") == 2, states
-        assert len(replicas(os.getpid())) == 2  # --max-replicas: the two nodes' CPUs, no third
+        while len(replicas(server.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(replicas(server.proc.pid)) == 2, "the autoscaler did not add a replica within 90 s"
+        time.sleep(5)  # still under load: no third one (--max-replicas 2)
+        assert len(replicas(server.proc.pid)) == 2
+        ours |= descendants(server.proc.pid)
     finally:
         stop.set()
         for t in threads:
             t.join(15) if t.ident else None
         assert server.stop(signal.SIGTERM, timeout=90) == 0, server.output()
-    assert serve_status(address, token, home) == {}
-
-
-def test_sigterm_stops_a_local_ray_instance(model, tmp_path):
-    """No --address: the command starts a local Ray; after SIGTERM no process it started is left."""
-    env = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}
-    server = RayServer([model], tmp_path, env).start()
-    try:
-        ours = descendants(server.proc.pid)
-        assert [p for p in ours if "raylet" in cmdline(p)], "no raylet below the command"
-        assert server.post("/v2/models/digits/classify", SAMPLES[0].read_bytes())[0] == 200
-        assert server.stop(signal.SIGTERM, timeout=90) == 0, server.output()
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
     deadline = time.monotonic() + 30
     while alive(ours) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -23,16 +23,36 @@ A full queue answers 429 with Retry-After (gRPC RESOURCE_EXHAUSTED).
 SIGTERM/SIGINT drain (every accepted request answered, then exit 0);
 SIGHUP reloads model files replaced on disk (a broken one is reported,
 the old model keeps serving). See docs/serve.md.
+\b
+--engine ray deploys the same application on Ray Serve (a local Ray
+instance, or the cluster at --address; its token authentication kept
+on): one proxy at --host:--port on the head node, replicas each holding
+one session per model, a fixed count or autoscaled on ongoing requests.
+HTTP only (no gRPC, no SIGHUP reload); SIGTERM/SIGINT delete the Serve
+application (and stop a local Ray). See docs/scale.md.
 
 """ + exit_codes_help({
     EXIT_OK: "stopped by SIGTERM/SIGINT after answering every accepted request",
     EXIT_ERROR: "an unusable model, token, certificate or port; or --drain-timeout ran out with requests "
                 "unanswered",
     EXIT_UNAVAILABLE: "the serve extra is not installed (pip install 'toolkit[serve]'), or --provider cuda cannot "
-                      "be used",
+                      "be used; --engine ray: the cluster extra is not installed, the Ray cluster cannot be "
+                      "started or joined, or Ray Serve cannot deploy",
 }, omit=(EXIT_PARTIAL, EXIT_GATE, EXIT_INTERRUPTED))
 
 SERVE_MODULES = ("uvicorn", "grpc", "orjson", "prometheus_client")
+
+
+def _replicas(ctx, param, value):
+    if str(value).strip().lower() == "auto":
+        return None
+    if not str(value).strip().isdigit() or not 1 <= int(value) <= 1024:
+        raise click.BadParameter(f"{value!r}: a number of replicas from 1 to 1024, or auto", ctx=ctx, param=param)
+    return int(value)
+
+
+def _given(ctx, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
 
 
 def _byte_size(ctx, param, value):
@@ -85,11 +105,23 @@ def _byte_size(ctx, param, value):
 @click.option("--keyfile", type=click.Path(dir_okay=False, exists=True), help="TLS private key (PEM).")
 @click.option("--drain-timeout", "drain_timeout_s", type=FiniteFloat(min=0), default=30.0, show_default=True,
               help="Seconds SIGTERM/SIGINT waits for accepted requests to be answered.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process serves. ray: deployed on Ray Serve (needs the cluster extra).")
+@click.option("--address", metavar="ADDRESS",
+              help="With --engine ray: join the Ray cluster at ADDRESS (HOST:PORT of `ray start --head`); its token "
+                   "from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. Default: a local Ray instance.")
+@click.option("--replicas", default="1", show_default=True, callback=_replicas, metavar="N|auto",
+              help="With --engine ray: replicas, each one ONNX Runtime session per model; auto: autoscaled on "
+                   "ongoing requests between --min-replicas and --max-replicas.")
+@click.option("--min-replicas", type=click.IntRange(0, 1024), default=1, show_default=True,
+              help="With --replicas auto: the fewest replicas (0: none while idle, the first request waits).")
+@click.option("--max-replicas", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="With --replicas auto: the most replicas.")
 @preprocess_options
 @click.pass_context
 def command(ctx, models, names, host, port, grpc_port, provider, threads, max_batch, max_queue_delay_us, max_queue,
             timeout_s, max_body, body_timeout_s, max_connections, token_file, certfile, keyfile, drain_timeout_s,
-            flags) -> None:
+            engine, address, replicas, min_replicas, max_replicas, flags) -> None:
     """Serve ONNX models over the Open Inference Protocol v2 (HTTP/REST and gRPC).
 
     Any model `toolkit predict` accepts: one exported by the toolkit, or
@@ -115,6 +147,8 @@ def command(ctx, models, names, host, port, grpc_port, provider, threads, max_ba
     if bad := [n for n in model_names if not n or "/" in n or len(n) > 128]:
         raise click.UsageError(f"model name {bad[0]!r}: 1 to 128 characters, no '/'")
 
+    _check_engine(ctx, engine, replicas, min_replicas, max_replicas)
+
     from toolkit.serve import Limits, Listen, ModelOptions, build_app, read_token, run
 
     logging.basicConfig(format="toolkit serve: %(message)s", level=logging.WARNING)
@@ -122,7 +156,32 @@ def command(ctx, models, names, host, port, grpc_port, provider, threads, max_ba
                            max_delay_s=max_queue_delay_us / 1e6, timeout_s=timeout_s)
     limits = Limits(max_body=max_body, body_timeout_s=body_timeout_s,
                     token=read_token(token_file) if token_file else None)
+    if engine == "ray":
+        from toolkit.serve.ray_serve import RayListen, Scaling, serve_on_ray
+
+        options.threads = threads or 1  # what each replica reserves and runs ONNX Runtime with
+        scaling = Scaling(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                          target_ongoing=max_batch)
+        listen = RayListen(address=address, host=host, port=port, certfile=certfile, keyfile=keyfile,
+                           drain_timeout_s=drain_timeout_s)
+        ctx.exit(serve_on_ray(list(zip(model_names, models)), options, limits, listen, scaling))
     app = build_app(list(zip(model_names, models)), options, limits)
     listen = Listen(host=host, port=port, grpc_port=grpc_port or None, certfile=certfile, keyfile=keyfile,
                     drain_timeout_s=drain_timeout_s, max_connections=max_connections)
     ctx.exit(run(app, listen))
+
+
+def _check_engine(ctx, engine: str, replicas, min_replicas: int, max_replicas: int) -> None:
+    ray_only = [f"--{n.replace('_', '-')}" for n in ("address", "replicas", "min_replicas", "max_replicas")
+                if _given(ctx, n)]
+    if engine != "ray":
+        if ray_only:
+            raise click.UsageError(f"{ray_only[0]} deploys on Ray Serve: it needs --engine ray")
+        return
+    if unsupported := [f"--{n.replace('_', '-')}" for n in ("grpc_port", "max_connections") if _given(ctx, n)]:
+        raise click.UsageError(f"{unsupported[0]} is not available with --engine ray (Ray Serve's proxy serves "
+                               "HTTP only and has no connection limit)")
+    if replicas is not None and (_given(ctx, "min_replicas") or _given(ctx, "max_replicas")):
+        raise click.UsageError("--min-replicas/--max-replicas bound an autoscaled deployment: give --replicas auto")
+    if min_replicas > max_replicas:
+        raise click.UsageError(f"--min-replicas {min_replicas} is above --max-replicas {max_replicas}")

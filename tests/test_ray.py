@@ -319,8 +319,16 @@ def test_killed_workers_every_file_once(cluster, many, tmp_path):
 
 
 def test_ctrl_c_keeps_rows_and_stops_the_local_instance(many, tmp_path):
-    """No --address: a local Ray instance; SIGINT mid-run ends with exit 130, whole rows kept, no Ray left."""
-    folder, model, local = many
+    """No --address: a local Ray instance; SIGINT mid-run ends with exit 130, whole rows kept, no Ray left.
+
+    The model costs ~0.1 s a batch whatever the machine (a Loop of 100,000 trips), so the run cannot have ended
+    by the time the signal follows its first rows, on a fast machine too."""
+    from hostile_graphs import endless_loop
+
+    folder, _, _ = many
+    model = endless_loop(tmp_path / "slow.onnx", trips=100_000)
+    local = tmp_path / "local.csv"
+    assert toolkit("predict", folder, "--model", model, "--provider", "cpu", "-o", local).returncode == 0
     out = tmp_path / "ray.csv"
     before = set(processes("raylet"))
     env = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}
@@ -329,7 +337,6 @@ def test_ctrl_c_keeps_rows_and_stops_the_local_instance(many, tmp_path):
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         wait_for_rows(out, proc, timeout=180)
-        time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

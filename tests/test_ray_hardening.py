@@ -1,0 +1,145 @@
+"""`predict --engine ray` on the cases issue 19 found (items 9-14): a join that cannot succeed fails fast and is
+told apart by type, a model with external data runs on the actors, a graph that fails on the cluster is one
+line, and --force replaces only an earlier Parquet output. The two-node cluster fixture of test_ray.py is
+reused (imported: one cluster for this module); runs are few, each Ray start costs seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_ray import cluster, images, rows, toolkit, without_ray_auth  # noqa: F401  (fixtures reused)
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the cluster extra is not installed"),
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's processes through /proc")]
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("toolkit: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed once the socket is: nothing listens there
+
+
+def test_a_closed_port_fails_at_once(images, tmp_path):
+    """Ray's own client waited minutes on a closed port; the TCP probe answers before ray.init is called.
+    The subprocess timeout is the bound (well below Ray's retries), not a timed assert."""
+    folder, model, _ = images
+    port = closed_port()
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": "0" * 32, "HOME": str(tmp_path)}
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        result = subprocess.run([sys.executable, "-m", "toolkit", "predict", str(folder), "--model", str(model),
+                                 "--engine", "ray", "--address", address], capture_output=True, text=True, env=env,
+                                timeout=90)
+        assert result.returncode == 5, result.stderr
+        line = one_error_line(result.stderr)
+        assert f"cannot join the Ray cluster at {address} (connection refused" in line
+        assert result.stderr.count("\n") == 1
+
+
+def external_data_copy(model: Path, folder: Path) -> Path:
+    """The same model saved as model.onnx + model.onnx.data (ONNX external data), in its own folder."""
+    import onnx
+
+    folder.mkdir()
+    proto = onnx.load(str(model))
+    onnx.save(proto, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=0)
+    return folder / "model.onnx"
+
+
+def failing_on_digits(model: Path, path: Path) -> Path:
+    """The linear model plus a Gather whose index is out of range exactly when every image of a batch has an
+    empty corner and some ink (MNIST digits): it opens and passes probes of random or empty images, and fails
+    in ONNX Runtime at run time on the cluster's first real batch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load(str(model))
+    graph = proto.graph
+    final = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = ["linear_out" if o == final else o for o in node.output]
+    x = graph.input[0].name
+    consts = {"starts": np.array([0, 0], np.int64), "ends": np.array([1, 1], np.int64),
+              "axes": np.array([2, 3], np.int64), "empty": np.array(-0.4, np.float32),
+              "ink": np.array(0.0, np.float32), "hundred": np.array(100, np.int64),
+              "table": np.array([1.0], np.float32), "zero": np.array(0.0, np.float32)}
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    graph.node.extend([
+        helper.make_node("Slice", [x, "starts", "ends", "axes"], ["corner"]),
+        helper.make_node("ReduceMax", ["corner"], ["corner_max"], keepdims=0),
+        helper.make_node("ReduceMax", [x], ["all_max"], keepdims=0),
+        helper.make_node("Less", ["corner_max", "empty"], ["corners_empty"]),
+        helper.make_node("Greater", ["all_max", "ink"], ["has_ink"]),
+        helper.make_node("And", ["corners_empty", "has_ink"], ["digits"]),
+        helper.make_node("Cast", ["digits"], ["digits_int"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["digits_int", "hundred"], ["index"]),
+        helper.make_node("Gather", ["table", "index"], ["picked"], axis=0),
+        helper.make_node("Mul", ["picked", "zero"], ["nothing"]),
+        helper.make_node("Add", ["linear_out", "nothing"], [final]),
+    ])
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_external_data_runs_on_the_actors_and_a_failing_graph_is_one_line(cluster, images, tmp_path):
+    address, token = cluster
+    folder, model, local = images
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token}
+    external = external_data_copy(model, tmp_path / "ext")
+    out = tmp_path / "ext.csv"
+    result = toolkit("predict", folder, "--model", external, "--provider", "cpu", "-o", out, "--engine", "ray",
+                     "--address", address, env=env)
+    assert result.returncode == 3, result.stderr  # the broken PNG, as with the file that holds its own tensors
+    assert "Traceback" not in result.stderr
+    assert out.read_bytes() == local.read_bytes()
+
+    bad = failing_on_digits(model, tmp_path / "bad.onnx")
+    result = toolkit("predict", folder, "--model", bad, "--provider", "cpu", "--engine", "ray", "--address", address,
+                     env=env)
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result.stderr)
+    assert line.startswith(f"toolkit: error: {bad}: failed on the cluster: ") and "Gather" in line, line
+    # the start-up notice and the error: no Ray log pages, no worker tracebacks
+    assert len(result.stderr.splitlines()) <= 3, result.stderr
+
+
+def test_force_replaces_an_earlier_parquet_output_only(cluster, images, tmp_path):
+    pytest.importorskip("pyarrow.parquet")
+    address, token = cluster
+    folder, model, _ = images
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token}
+    out = tmp_path / "rows.parquet"
+    run = ["predict", folder, "--model", model, "--provider", "cpu", "-o", out, "--engine", "ray", "--address",
+           address]
+    assert toolkit(*run, env=env).returncode == 3
+    manifest = json.loads((out / "_toolkit_predict.json").read_text())
+    assert sorted(manifest["files"]) == sorted(p.name for p in out.iterdir() if p.name != "_toolkit_predict.json")
+    assert manifest["rows"] == 300 and all(name.endswith(".parquet") for name in manifest["files"])
+    first = set(manifest["files"])
+    result = toolkit(*run, "--force", env=env)
+    assert result.returncode == 3, result.stderr
+    second = set(json.loads((out / "_toolkit_predict.json").read_text())["files"])
+    assert second and not first & second  # the old parts replaced, not mixed in
+    (out / "my-notes.txt").write_text("mine")
+    result = toolkit(*run, "--force", env=env)
+    assert result.returncode == 1 and "nothing is removed" in one_error_line(result.stderr)
+    assert (out / "my-notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rows.parquet")]

@@ -300,3 +300,24 @@ def test_parquet_force_over_the_users_images_through_the_cli(tmp_path, mnist):
                    "ray", "-o", tmp_path / "again.parquet", "--force")
     assert done.returncode == 1 and (tmp_path / "again.parquet" / "_x.png").is_file()
     assert "no predict run wrote" in one_error_line(done.stderr)
+
+
+# ---------------------------------------------------------------- item 12: nothing lands in the cleanup
+
+def test_once_a_run_stops_at_once_further_signals_are_ignored():
+    """Real signals to this process: the signal that stops a run at once (Parquet, or the second Ctrl-C) leaves
+    the stop signals ignored, so none can land in the cleanup that follows (Ray's executor unwinding)."""
+    import signal
+
+    from toolkit.predict.signals import StopGuard
+
+    with StopGuard() as stop:
+        stop.armed = stop.at_once = True
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            assert signal.getsignal(s) is signal.SIG_IGN
+            os.kill(os.getpid(), s)  # ignored by the kernel: no handler runs, nothing is raised
+        time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored when the run ends

@@ -1,5 +1,5 @@
 """`predict --engine ray` on the cases issue 19 found (items 9-14): a join that cannot succeed fails fast and is
-told apart by type, a model with external data runs on the actors, a graph that fails on the cluster is one
+told apart by type, a model with external data runs in the tasks, a graph that fails on the cluster is one
 line, and --force replaces only an earlier Parquet output. The two-node cluster fixture of test_ray.py is
 reused (imported: one cluster for this module); runs are few, each Ray start costs seconds.
 """
@@ -99,7 +99,7 @@ def failing_on_digits(model: Path, path: Path) -> Path:
     return path
 
 
-def test_external_data_runs_on_the_actors_and_a_failing_graph_is_one_line(cluster, images, tmp_path):
+def test_external_data_runs_in_the_tasks_and_a_failing_graph_is_one_line(cluster, images, tmp_path):
     address, token = cluster
     folder, model, local = images
     env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token}

@@ -144,6 +144,12 @@ def _join_failure(ray, address: str, error: Exception) -> str:
     return f"cannot join the Ray cluster at {address} ({type(error).__name__}: {first_line(error, 300)})"
 
 
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def plan(ray, files: int, provider: str) -> dict:
     """How many block tasks, and the GPU share of each, from the cluster's resources (see engine's docstring)."""
     resources = ray.cluster_resources()

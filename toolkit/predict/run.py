@@ -95,6 +95,8 @@ def run(paths, options: Options, reporter: Reporter | None = None) -> Summary:
     with StopGuard() as stop:
         job = Job(inputs, options, reporter, stop)
         with contextlib.ExitStack() as stack:
+            # Runs after the engine's own exits (the stack is last in, first out): after Ray stopped.
+            stack.callback(lambda: getattr(job.writer, "sweep", lambda: None)())
             job.predictor = engine.open(job, stack)
             summary = Summary(provider=job.predictor.provider, classes=job.predictor.classes,
                               skipped=len(inputs.skipped), ignored=len(inputs.ignored), output=out_path,

@@ -118,7 +118,14 @@ class ParquetSink:
         self.rows += len(paths)
 
     def discard(self) -> None:
+        self._discarded = True
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """After Ray stopped: a task still running when the run was interrupted may have written a part file
+        into the discarded directory (remaking it); nothing of a discarded output is left."""
+        if getattr(self, "_discarded", False):
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def finish(self) -> None:
         """The manifest that lets a later --force know this directory for a predict run's output."""

@@ -143,3 +143,56 @@ def test_force_replaces_an_earlier_parquet_output_only(cluster, images, tmp_path
     assert result.returncode == 1 and "nothing is removed" in one_error_line(result.stderr)
     assert (out / "my-notes.txt").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rows.parquet")]
+
+
+def test_two_ctrl_c_on_a_parquet_run_end_as_cleanly_as_one(images, tmp_path):
+    """Item 12: a local Ray instance writing -o NAME.parquet; Ctrl-C while it runs, a second one 1.4 s later:
+    exit 130, no traceback or "Exception ignored", the last line says nothing was kept, and nothing is left
+    (no directory claimed, no hidden part directory)."""
+    import signal
+    import threading
+    import time
+
+    folder, model, _ = images
+    many = tmp_path / "many"
+    for k in range(40):  # 12,000 hard links: a run that lasts well past both signals
+        for p in sorted(folder.rglob("*.png")):
+            if p.name != "broken.png":
+                target = many / p.parent.name / f"{k:02d}-{p.name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(p, target)
+    out = tmp_path / "out" / "rows.parquet"
+    out.parent.mkdir()
+    env = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "predict", str(many), "--model", str(model),
+                             "--provider", "cpu", "-o", str(out), "--engine", "ray"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if "--engine ray:" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(180), "".join(lines)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before the first signal: use more images"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.4)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    reader.join(10)
+    err = "".join(lines)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert lines[-1].startswith("toolkit: interrupted after") and "a partial Parquet directory is never kept" in \
+        lines[-1], err
+    assert list(out.parent.iterdir()) == []

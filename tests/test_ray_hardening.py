@@ -1,7 +1,9 @@
 """`predict --engine ray` on the cases issue 19 found (items 9-14): a join that cannot succeed fails fast and is
 told apart by type, a model with external data runs in the tasks, a graph that fails on the cluster is one
-line, and --force replaces only an earlier Parquet output. The two-node cluster fixture of test_ray.py is
-reused (imported: one cluster for this module); runs are few, each Ray start costs seconds.
+line, and --force replaces only an earlier Parquet output. The cluster is test_ray.py's layout (head + a second
+node, one CPU each, token authentication) started in a process of its own, so that this pytest process never
+imports Ray (Ray reads its auth mode and caches a token when imported: a second cluster in the process that ran
+test_ray.py's would refuse it). Runs are few: each Ray start costs seconds.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -17,11 +20,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_ray import cluster, images, rows, toolkit, without_ray_auth  # noqa: F401  (fixtures reused)
+from test_ray import images, toolkit, without_ray_auth  # noqa: F401  (the images fixture reused)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the cluster extra is not installed"),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's processes through /proc")]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(address, token) of a two-node cluster run by a child process; it stops the nodes when its stdin closes
+    (also when this process dies)."""
+    token = secrets.token_hex(16)
+    env = without_ray_auth(os.environ) | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+                                          "RAY_USAGE_STATS_ENABLED": "0"}
+    code = ("import sys\nfrom ray.cluster_utils import Cluster\n"
+            "nodes = Cluster(initialize_head=True, head_node_args={'num_cpus': 1, 'include_dashboard': False})\n"
+            "try:\n    nodes.add_node(num_cpus=1)\n    print(nodes.address, flush=True)\n    sys.stdin.read()\n"
+            "finally:\n    nodes.shutdown()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        address = proc.stdout.readline().strip()
+        assert address, f"the cluster process ended with {proc.wait()}"
+        yield address, token
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def one_error_line(stderr: str) -> str:

@@ -180,7 +180,8 @@ def _streamed(path: Path, descriptor: int | None) -> Iterator[Path]:
                     with contextlib.suppress(Exception):
                         stream.flush()
             # O_NONBLOCK: a FIFO that nobody reads is refused at once (ENXIO) instead of blocking forever.
-            fd = os.dup(descriptor) if descriptor is not None else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+            fd = os.dup(descriptor) if descriptor is not None else os.open(path, flags)
         except OSError as e:
             keep = e.errno == errno.ENXIO
             reason = f"is a FIFO that no process reads; the results are in {tmp_path}" if keep else \

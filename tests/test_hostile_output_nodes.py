@@ -321,3 +321,20 @@ def test_once_a_run_stops_at_once_further_signals_are_ignored():
             os.kill(os.getpid(), s)  # ignored by the kernel: no handler runs, nothing is raised
         time.sleep(0.1)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored when the run ends
+
+
+def test_inspect_json_on_a_full_stdout_is_one_line(digits):
+    """inspect --json prints (no file of its own): stdout on /dev/full is one line, exit 1; a reader that goes
+    away early ends it quietly (click's EPIPE rule), never with a traceback or "Exception ignored"."""
+    _, model = digits
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "toolkit", "inspect", str(model), "--json"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert line == "toolkit: error: standard output could not be written (No space left on device)"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "inspect", str(model), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is printed
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "Exception ignored" not in err

@@ -338,3 +338,38 @@ def test_inspect_json_on_a_full_stdout_is_one_line(digits):
     proc.stdout.close()  # the reader is gone before anything is printed
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_the_stamp_out_through_a_link_and_onto_a_device(tmp_path, mnist):
+    """export's files and the stamp's --out go through the same atomic_path: the class, on the stamp."""
+    from click.testing import CliRunner
+
+    from test_foreign_models import DIGITS, tiny_graph
+    from toolkit.cli import cli
+
+    theirs = tmp_path / "theirs.onnx"
+    tiny_graph(theirs)
+    options = ["--labels", ",".join(DIGITS), "--mean", "0.5", "--std", "0.5"]
+    old = tmp_path / "old.onnx"
+    old.write_bytes(b"an older stamp")
+    link = tmp_path / "stamped.onnx"
+    link.symlink_to(old)
+
+    def export(*args):
+        return CliRunner().invoke(cli, ["export", str(theirs), *options, *map(str, args)])
+
+    refused = export("--out", link)
+    assert refused.exit_code == 1 and "a symbolic link to" in refused.stderr, refused.stderr
+    assert old.read_bytes() == b"an older stamp"
+    done = export("--out", link, "--force")
+    assert done.exit_code == 0, done.stderr
+    assert link.is_symlink() and old.read_bytes()[:2] != b"an"  # the target holds the stamped model now
+    assert CliRunner().invoke(cli, ["inspect", str(link)]).exit_code == 0
+    done = export("--out", "/dev/null")
+    assert done.exit_code == 0, done.stderr
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    dangling = tmp_path / "gone.onnx"
+    dangling.symlink_to(tmp_path / "nowhere.onnx")
+    refused = export("--out", dangling, "--force")
+    assert refused.exit_code == 1 and "which does not exist" in refused.stderr
+    assert dangling.is_symlink() and not (tmp_path / "nowhere.onnx").exists()

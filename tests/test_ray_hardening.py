@@ -224,3 +224,34 @@ def test_two_ctrl_c_on_a_parquet_run_end_as_cleanly_as_one(images, tmp_path):
     assert lines[-1].startswith("toolkit: interrupted after") and "a partial Parquet directory is never kept" in \
         lines[-1], err
     assert list(out.parent.iterdir()) == []
+
+
+def test_join_failures_are_told_by_type_never_by_wording(tmp_path):
+    """Item 9's Ray half: the same classification whatever Ray's messages say (in a child process: this pytest
+    process must not import Ray, see the module's docstring)."""
+    code = r'''
+import json, sys
+import ray
+from toolkit.predict.ray.cluster import _join_failure, host_port
+cases = {
+    "auth, any words": ray.exceptions.AuthenticationError("words Ray may change"),
+    "connection, no words": ConnectionError(""),
+    "runtime error quoting the old words": RuntimeError("Unauthenticated: InvalidAuthToken: no authentication token was found"),
+}
+out = {k: _join_failure(ray, "10.0.0.5:6379", e) for k, e in cases.items()}
+out["ports"] = [host_port(a) for a in ("h:6379", "ray://h:10001", "[::1]:6379", "auto", "h:x")]
+print(json.dumps(out))
+'''
+    base = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}
+    said = {}
+    for name, env in (("none", base), ("token", base | {"RAY_AUTH_TOKEN": "0" * 32})):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        said[name] = json.loads(done.stdout)
+    assert "requires its authentication token and this machine has none" in said["none"]["auth, any words"]
+    assert "refused this driver" in said["token"]["auth, any words"]
+    for name in said:
+        assert "refused this driver" in said[name]["connection, no words"]
+        assert said[name]["runtime error quoting the old words"].startswith(
+            "cannot join the Ray cluster at 10.0.0.5:6379 (RuntimeError: ")  # the old wording decides nothing
+    assert said["none"]["ports"] == [["h", 6379], ["h", 10001], ["::1", 6379], None, None]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from toolkit.errors import OutputError
 from toolkit.predict.ray.parquet import MANIFEST, check_parquet_output, not_an_earlier_output, refuse_inputs_inside
 
 BENCH_FAST = ["--provider", "cpu", "--batch-sizes", "1", "--warmup", "1", "--runs", "2", "--no-progress", "--no-peak",
-              "--engines", "ort"]
+              "--engines", "onnx"]
 
 
 def toolkit(*args, **kw) -> subprocess.CompletedProcess:
@@ -221,7 +222,7 @@ def test_bench_json_through_links_and_devices(digits, tmp_path):
     _, model = digits
     done = toolkit("bench", "--model", model, *BENCH_FAST, "--json", "/dev/stdout")
     assert done.returncode == 0, done.stderr
-    assert '"schema_version": "2"\n}\nwrote /dev/stdout' in done.stdout  # the report on stdout, in its place
+    assert re.search(r'"schema_version": "\d+"\n}\nwrote /dev/stdout', done.stdout)  # the report, in its place
     old = tmp_path / "old.json"
     old.write_text("{}")
     link = tmp_path / "report.json"

@@ -227,8 +227,8 @@ def _task_failure(error: Exception, model) -> Exception:
     raise_original_map_exception); the wrapper is unwrapped too should a stage still add it."""
     import ray
 
-    if isinstance(error, ToolkitError):
-        return error  # raised on the driver (the reorder buffer, the Parquet sink)
+    if isinstance(error, ToolkitError) and not isinstance(error, ray.exceptions.RayError):
+        return error  # raised on the driver (the reorder buffer, the Parquet sink), not Ray's dual-typed copy
     e = error
     for _ in range(10):
         if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None and e.cause is not e:

@@ -9,6 +9,14 @@ size limit, I/O error) while writing becomes one OutputError naming the final pa
 Without ``replace`` (no --force) the final step never clobbers: ``os.link`` fails atomically
 when a file appeared at the destination during the run (another run, another program); the
 result is then kept under the next free name (``out.1.csv``) and an OutputError says where.
+
+An output name that is not a plain file (``destination``): a symbolic link to a regular file is followed (its
+target is what --force replaces; the link stays); a dangling link is refused before any work (replacing it would
+swap the link for a file). A character device or FIFO (``/dev/null``, ``/dev/full``, a named pipe), or a name that
+goes through one of this process's descriptors (``/dev/stdout``, ``/proc/self/fd/1``), is written through, with
+or without --force, since nothing is replaced: the complete file is made in the temporary folder first and then
+appended to it (never truncated: ``--json /dev/stdout >> log`` keeps the log); a FIFO nobody reads is refused
+rather than waited on. A block device or socket is refused. The node itself is never replaced.
 """
 
 from __future__ import annotations
@@ -19,12 +27,67 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .errors import OutputError
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where the bytes for an output name go (the module docstring's rules)."""
+
+    path: Path  # the name itself, or the regular file a symbolic link leads to
+    stream: bool = False  # a character device, FIFO or descriptor: written through, never renamed over
+    dangling: bool = False  # a symbolic link to nothing
+    descriptor: int | None = None  # one of this process's open descriptors (/dev/stdout: 1): written to as it is
+
+
+def destination(path: str | os.PathLike) -> Destination:
+    """What ``path`` names, links followed: OutputError for a block device or a socket."""
+    path = Path(path)
+    try:
+        os.lstat(path)
+    except OSError:
+        return Destination(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return Destination(path, dangling=True)
+    except OSError as e:
+        raise OutputError(path, f"cannot be examined ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        return Destination(path)  # the callers say what a directory is for them
+    if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        kind = "a block device" if stat.S_ISBLK(mode) else "a socket"
+        raise OutputError(path, f"is {kind}; outputs are files, character devices (/dev/null) or FIFOs")
+    descriptor = _own_descriptor(path)
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or descriptor is not None:
+        return Destination(path, stream=True, descriptor=descriptor)
+    return Destination(Path(os.path.realpath(path)) if path.is_symlink() else path)
+
+
+def _own_descriptor(path: Path) -> int | None:
+    """The descriptor number when ``path`` or a link on the way names one of this process's open descriptors
+    (/dev/stdout, /proc/self/fd/1, /dev/fd/3): its file is an open stream, to be written on that descriptor (so
+    the shell's offset is shared), never replaced or reopened under it."""
+    own = {"self", str(os.getpid())}
+    current = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on links followed
+        if current in ("/dev/stdout", "/dev/stderr"):
+            return 1 if current.endswith("out") else 2
+        m = re.fullmatch(r"/(?:proc/([^/]+)|dev)/fd/(\d+)", current)
+        if m and (m.group(1) is None or m.group(1) in own):
+            return int(m.group(2))
+        if not os.path.islink(current):
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return None
 
 
 def check_writable(path: str | os.PathLike, *, force: bool) -> Path:
@@ -32,9 +95,16 @@ def check_writable(path: str | os.PathLike, *, force: bool) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(path, "is a directory, expected a file path")
-    if path.exists() and not force:
-        raise OutputError(path, "already exists; pass --force to replace it")
-    check_parent_writable(path)
+    dest = destination(path)
+    if dest.dangling:
+        raise OutputError(path, f"is a symbolic link to {os.readlink(path)}, which does not exist; name the file "
+                                "itself (the link is never replaced)")
+    if dest.stream:
+        return path  # written through: nothing is replaced, --force or not
+    if dest.path.exists() and not force:
+        via = f" (a symbolic link to {dest.path})" if dest.path != path else ""
+        raise OutputError(path, f"already exists{via}; pass --force to replace it")
+    check_parent_writable(dest.path)
     return path
 
 
@@ -59,6 +129,12 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = False) -> Iterator[P
     is never replaced, even one that appeared while the block ran (see the module's docstring).
     """
     path = Path(path)
+    dest = destination(path)
+    if dest.stream:
+        with _streamed(path, dest.descriptor) as tmp:
+            yield tmp
+        return
+    path = dest.path
     parent = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
@@ -80,10 +156,60 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = False) -> Iterator[P
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+def _streamed(path: Path, descriptor: int | None) -> Iterator[Path]:
+    """``atomic_path`` for a device, FIFO or descriptor: the whole file is made first, then appended to ``path``."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".toolkit-output.", suffix=".part")
+    except OSError as e:
+        raise OutputError(path, f"cannot make the temporary file ({e.strerror})") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    keep = False
+    try:
+        try:
+            yield tmp_path
+        except OSError as e:
+            if e.errno in STORAGE_ERRORS:
+                raise OutputError(path, f"could not be written: {e.strerror or e}; nothing was written") from None
+            raise
+        try:
+            if descriptor is not None:
+                import sys
+
+                for stream in (sys.stdout, sys.stderr):  # what this program printed comes first
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+            # O_NONBLOCK: a FIFO that nobody reads is refused at once (ENXIO) instead of blocking forever.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+            fd = os.dup(descriptor) if descriptor is not None else os.open(path, flags)
+        except OSError as e:
+            keep = e.errno == errno.ENXIO
+            reason = f"is a FIFO that no process reads; the results are in {tmp_path}" if keep else \
+                f"cannot be opened for writing ({e.strerror})"
+            raise OutputError(path, reason) from None
+        try:
+            if descriptor is None:
+                os.set_blocking(fd, True)
+            with open(tmp_path, "rb") as f, open(fd, "wb", closefd=False) as out:
+                shutil.copyfileobj(f, out)
+        except OSError as e:
+            raise OutputError(path, f"could not be written: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+    finally:
+        if not keep:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, *, replace: bool = False, replaceable=None) -> Iterator[Path]:
     """``atomic_path`` for a directory (e.g. a Parquet dataset): a hidden sibling that takes the name at the end.
 
     Removed on any exception, and when the block removed it itself (work that keeps nothing partial).
+    ``replaceable(path)``: with ``replace``, asked again just before an existing ``path`` is replaced; a reason
+    (what is there is not an output this kind of work wrote, e.g. something put there during the run) keeps it,
+    and the new directory goes to the next free name (an OutputError says where).
     """
     path = Path(path)
     try:
@@ -94,6 +220,10 @@ def atomic_folder(path: str | os.PathLike, *, replace: bool = False) -> Iterator
     try:
         yield tmp
         if tmp.exists():
+            reason = replaceable(path) if replace and replaceable and os.path.lexists(path) else None
+            if reason:
+                kept = _keep_aside(tmp, path)
+                raise OutputError(path, f"was not replaced: {reason}; the results are in {kept or tmp}")
             publish(tmp, path, replace=replace)
     except BaseException as e:
         if not (isinstance(e, OutputError) and str(tmp) in str(e)):
@@ -109,7 +239,7 @@ def publish(tmp: Path, path: Path, *, replace: bool) -> None:
     the result is then kept under the next free name and an OutputError says where.
     """
     os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())  # mkstemp's 0600, mkdtemp's 0700
-    if replace:
+    if replace and not os.path.islink(path):  # a link that appeared meanwhile is never swapped for our file
         if tmp.is_dir() and os.path.lexists(path):
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=tmp.parent))
             os.rename(path, old / "replaced")

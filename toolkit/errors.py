@@ -42,6 +42,9 @@ class FileProblem(ToolkitError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # pickled as (path, reason): raised in a Ray task, it arrives whole at the driver
+        return self.__class__, (self.path, self.reason)
+
 
 class DataError(FileProblem):
     """A dataset file is missing, corrupt or has the wrong checksum."""
@@ -143,6 +146,9 @@ class NonFiniteOutput(ModelError):
     def __init__(self, path: str | os.PathLike, rows: list[int]):
         self.rows = list(rows)
         super().__init__(path, f"the model's output is not finite (NaN or Inf) for {len(self.rows)} of the images")
+
+    def __reduce__(self):
+        return self.__class__, (self.path, self.rows)
 
 
 class RunFailed(ModelError):

@@ -6,6 +6,8 @@ Nothing heavy is imported here: `toolkit --help` and `toolkit predict` never loa
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import threading
@@ -13,7 +15,7 @@ import threading
 import click
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, ToolkitError
+from ..errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_UNAVAILABLE, ToolkitError
 from ..text import printable
 from .options import exit_codes_help
 
@@ -21,6 +23,28 @@ from .options import exit_codes_help
 # ctx.meta key: a command whose interruption keeps something says what, instead of the generic line below.
 INTERRUPTED_MESSAGE = "toolkit.interrupted_message"
 TRAIN_EXTRA_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}
+STDOUT_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG}
+
+
+def _stdout_fails(error: OSError) -> bool:
+    """Whether the error came from printing (click.echo: inspect --json, a table), not from a file."""
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "echo" and frame.f_globals.get("__name__", "").startswith("click"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _silence_stdout() -> None:
+    """What is left in stdout's buffer is dropped (the interpreter's flush at exit would fail again)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 class ToolkitGroup(click.Group):
@@ -53,6 +77,14 @@ class ToolkitGroup(click.Group):
             click.echo(f"toolkit: error: `toolkit {command}` needs {e.name}, which is not installed here; "
                        "install the training extra: pip install 'toolkit[train]'", err=True)
             ctx.exit(EXIT_UNAVAILABLE)
+        except OSError as e:
+            # The command's own output (inspect --json, a table) on a full device: said once, by errno and by
+            # where it was raised, never as a traceback. (A pipe whose reader went is click's: exit 1, silent.)
+            if e.errno not in STDOUT_ERRORS or not _stdout_fails(e):
+                raise
+            _silence_stdout()
+            click.echo(f"toolkit: error: standard output could not be written ({e.strerror})", err=True)
+            ctx.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             # First, before any Python code can run a handler: the command is ending, and one more Ctrl-C in
             # the interpreter's shutdown would print a traceback. (predict handles its own interrupts.)

@@ -64,6 +64,7 @@ def _refuse_shared_paths(paths, output, confusion) -> None:
     from pathlib import Path
 
     from toolkit.atomic import same_path
+    from toolkit.predict.decode import IMAGE_SUFFIXES
     from toolkit.predict.output import default_confusion_path
     from toolkit.text import printable
 
@@ -75,10 +76,12 @@ def _refuse_shared_paths(paths, output, confusion) -> None:
     for option, out in outputs:
         if out is None:
             continue
+        # What is written is the file the name leads to (a symbolic link is followed): an image inside a given
+        # folder is an input too (a CSV/JSONL there never is).
+        real = Path(os.path.realpath(out))
+        image = real.exists() and real.suffix.lower() in IMAGE_SUFFIXES
         for given in paths:
-            # A folder's images are inputs too: a PNG inside a given folder is read (the CSV/JSONL never is).
-            inside = option.startswith("--confusion") and Path(given).is_dir() and Path(out).exists() and \
-                Path(os.path.realpath(out)).is_relative_to(os.path.realpath(given))
+            inside = image and Path(given).is_dir() and real.is_relative_to(os.path.realpath(given))
             if same_path(out, given) or inside:
                 raise click.UsageError(f"{option} {printable(out)} is also an input (argument {printable(given)}); "
                                        "choose another output name")

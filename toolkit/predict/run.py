@@ -87,10 +87,16 @@ def run(paths, options: Options, reporter: Reporter | None = None) -> Summary:
     out_path = engine.check_output(options.output, options.force) if options.output is not None else None
     png_path = confusion_path(options, out_path)
     inputs = engine.collect(paths)
+    if out_path is not None and out_path.suffix.lower() == PARQUET:
+        from .ray.parquet import refuse_inputs_inside
+
+        refuse_inputs_inside(out_path, paths, inputs.files)
     require_files(inputs, reporter)
     with StopGuard() as stop:
         job = Job(inputs, options, reporter, stop)
         with contextlib.ExitStack() as stack:
+            # Runs after the engine's own exits (the stack is last in, first out): after Ray stopped.
+            stack.callback(lambda: getattr(job.writer, "sweep", lambda: None)())
             job.predictor = engine.open(job, stack)
             summary = Summary(provider=job.predictor.provider, classes=job.predictor.classes,
                               skipped=len(inputs.skipped), ignored=len(inputs.ignored), output=out_path,
@@ -157,7 +163,10 @@ def open_writer(stack, out_path: Path, options: Options, classes: list[str], top
     if out_path.suffix.lower() == PARQUET:  # rows written on the cluster (--engine ray)
         from .ray.parquet import ParquetSink
 
-        return ParquetSink(stack.enter_context(atomic_folder(out_path, replace=options.force)))
+        from .ray.parquet import not_an_earlier_output
+
+        return ParquetSink(stack.enter_context(atomic_folder(out_path, replace=options.force,
+                                                             replaceable=not_an_earlier_output)))
     return ResultWriter(stack.enter_context(atomic_file(out_path, replace=options.force)), output_format(out_path),
                         classes, top_k)
 

@@ -26,6 +26,11 @@ class StopGuard:
     def _handler(self, signum, frame) -> None:
         if (self.requested or self.at_once) and self.armed:
             self.armed = False
+            # Nothing is left to stop: the run now only keeps what it has and ends. Further signals are ignored
+            # by the kernel, so none can land in that cleanup (Ray's, above all: a signal arriving while its
+            # executor unwinds from this interrupt ended the process with no message, or a segfault).
+            for s in self.saved:
+                signal.signal(s, signal.SIG_IGN)
             raise KeyboardInterrupt
         self.requested = True
 

@@ -4,6 +4,11 @@ Without an address, a local Ray instance sized to this machine is started and st
 one, the driver joins that cluster; Ray 2.60 clusters require their authentication token, and its drivers
 still default to sending none, so RAY_AUTH_MODE=token is set unless the environment chose a mode. The token
 itself is Ray's business: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+
+A join fails fast: the address's TCP port is tried first (Ray's own client waits out minutes of retries on a
+closed port), and Ray's wait for the cluster's GCS is bounded (RAY_gcs_server_port_wait_time_s, unless set).
+Failures are told apart by exception type and by what this process knows (where a token would come from),
+never by the wording of Ray's messages.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import time
+from pathlib import Path
 
 from ...errors import ClusterUnavailable
 from ...machine import usable_cpus
@@ -20,6 +27,9 @@ from ...text import first_line
 INSTALL = "pip install 'toolkit[cluster]'"
 # Files per decode task: large enough that task overhead (~ms) is small against decoding (~50 us a file).
 MAX_BLOCK = 2048
+# A live head answers a TCP connect in milliseconds and its GCS at once; these bound a join that cannot succeed.
+PROBE_SECONDS = 5.0
+GCS_WAIT_SECONDS = "10"
 
 
 def import_ray(address: str | None = None):
@@ -51,7 +61,10 @@ def ray_session(address: str | None):
 
     # Ray's C++ client logs every refused retry (and its own log level) on stderr: the reason is said once, below.
     # Processes a local start spawns write to Ray's log files, not to this captured stream.
-    with captured_stderr() as lines:
+    if address:
+        probe(address)
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_WAIT_SECONDS)
+    with captured_stderr():
         try:
             if address:
                 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
@@ -61,7 +74,7 @@ def ray_session(address: str | None):
                          log_to_driver=False)
         except Exception as e:
             if address:
-                raise ClusterUnavailable(_join_failure(address, e, lines)) from None
+                raise ClusterUnavailable(_join_failure(ray, address, e)) from None
             raise ClusterUnavailable(f"cannot start a local Ray instance ({type(e).__name__}: "
                                      f"{first_line(e, 300)})") from None
     try:
@@ -78,16 +91,56 @@ def ray_session(address: str | None):
         ray.shutdown()
 
 
-def _join_failure(address: str, error: Exception, lines: list[str]) -> str:
-    text = " ".join([str(x) for x in _chain(error)] + lines)
-    if "no authentication token was found" in text:
-        return (f"the Ray cluster at {address} requires its authentication token and this machine has none: set "
-                "RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file holding it (`ray get-auth-token` on the head "
-                "prints it)")
-    if "InvalidAuthToken" in text or "Unauthenticated" in text:
-        return (f"the Ray cluster at {address} refused this driver: its authentication token is missing or wrong "
-                "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token; `ray get-auth-token` on the "
-                "head prints it)")
+def probe(address: str) -> None:
+    """ClusterUnavailable at once when nothing accepts a TCP connection at ``address``'s host and port."""
+    target = host_port(address)
+    if target is None:  # "auto" and the like: Ray finds the cluster itself
+        return
+    host, port = target
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_SECONDS):
+            pass
+    except ConnectionRefusedError:
+        why = "connection refused: nothing listens on that port"
+    except TimeoutError:
+        why = f"no answer within {PROBE_SECONDS:g} s"
+    except socket.gaierror:
+        why = f"unknown host {host}"
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+    else:
+        return
+    raise ClusterUnavailable(f"cannot join the Ray cluster at {address} ({why}); is `ray start --head` running "
+                             "there, and is this its GCS port (6379 by default)?")
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of HOST:PORT, [IPv6]:PORT or ray://HOST:PORT; None for anything else."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def token_available() -> bool:
+    """Whether this process has a token Ray would send (the places cluster.py's docstring lists)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(path).expanduser().is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def _join_failure(ray, address: str, error: Exception) -> str:
+    """The reason a join failed, by type: Ray's AuthenticationError, or a ConnectionError after the port answered."""
+    get = "set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file holding it (`ray get-auth-token` on the head prints it)"
+    errors = list(_chain(error))
+    if any(isinstance(e, ray.exceptions.AuthenticationError) for e in errors) and not token_available():
+        return f"the Ray cluster at {address} requires its authentication token and this machine has none: {get}"
+    if any(isinstance(e, (ray.exceptions.AuthenticationError, ConnectionError)) for e in errors):
+        # The TCP port answered (probe), yet the cluster would not take this driver.
+        return (f"the Ray cluster at {address} refused this driver: its authentication token is missing or wrong, "
+                f"or that port is not a Ray head's GCS ({get})")
     return f"cannot join the Ray cluster at {address} ({type(error).__name__}: {first_line(error, 300)})"
 
 

@@ -24,8 +24,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ...errors import ClusterUnavailable, ImageError, ProviderUnavailable, ToolkitError
-from ...text import first_line
+from ...errors import ClusterUnavailable, ImageError, ModelError, ProviderUnavailable, ToolkitError
+from ...external_data import external_data_locations
+from ...text import first_line, runtime_reason
 from ...preprocess import PreprocessSpec, blank_images, model_input, to_model_pixels
 from ..decode import bombs_refused
 from ..local import decode_chunk
@@ -105,13 +106,19 @@ def _opened(model: list, settings: dict):
     from ...runtime import Predictor
 
     # [ObjectRef]: a reference inside a list is not resolved by Ray, so each block's arguments stay small
-    # and the model's bytes are fetched once per worker, not once per block.
+    # and the model's bytes are fetched once per worker, not once per block. settings["data"]: [(location,
+    # ObjectRef)] of its external-data files, put back at their places beside it (the driver checked that
+    # each location stays inside the model's folder).
     key = model[0].hex()
     if key not in _OPENED:
         _OPENED.clear()  # a worker kept from an earlier run holds at most one model
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"model{settings['suffix']}"
             path.write_bytes(ray.get(model[0]))
+            for location, ref in settings.get("data", []):
+                target = Path(tmp, location)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(ray.get(ref))
             # One ORT thread: the cluster runs one task per reserved CPU, each decoding and predicting.
             _OPENED[key] = Predictor.open(path, settings["provider"], 1, flags=settings["flags"])
     return _OPENED[key]
@@ -173,18 +180,30 @@ class RayEngine:
                 item["expected"] = parent if parent in index else ""
         ds = ray.data.from_items(items, override_num_blocks=sizing["blocks"])
         gpu = {"num_gpus": sizing["gpus_per_task"]} if provider == "cuda" else {}
-        settings = {"suffix": Path(options.model).suffix or ".onnx",
+        model = Path(options.model)
+        model_bytes = model.read_bytes()
+        # A model with external data travels with its data files (the tasks' copy resolves them beside it).
+        data = [(location, ray.put((model.parent / location).read_bytes()))
+                for location in external_data_locations(model_bytes, model)]
+        settings = {"suffix": model.suffix or ".onnx",
                     "provider": options.provider if provider == "cuda" else "cpu",
-                    "flags": options.flags, "batch_size": options.batch_size}
+                    "flags": options.flags, "batch_size": options.batch_size, "data": data}
         # A batch is a block (Ray Data wants the size said when GPUs are asked for).
         self.ds = ds.map_batches(predict_block, batch_size=sizing["block_files"], batch_format="numpy",
                                  num_cpus=TASK_CPUS,
-                                 fn_kwargs={"model": [ray.put(Path(options.model).read_bytes())],
+                                 fn_kwargs={"model": [ray.put(model_bytes)],
                                             "spec_json": predictor.contract.preprocess.to_json(),
                                             "roots": self.roots, "settings": settings}, **gpu)
         return predictor
 
     def batches(self, job) -> Iterator[Batch]:
+        """The cluster's batches; whatever a task raised (the Parquet stages' included) is one typed error."""
+        try:
+            yield from self._batches(job)
+        except Exception as e:
+            raise _task_failure(e, job.options.model) from None
+
+    def _batches(self, job) -> Iterator[Batch]:
         ds = self.ds
         if job.writer is not None and hasattr(job.writer, "folder"):  # Parquet, written on the cluster
             job.stop.at_once = True  # nothing partial is kept: the first signal stops at once
@@ -196,24 +215,35 @@ class RayEngine:
                            ).write_parquet(str(job.writer.folder.absolute()))
             job.stop.at_once = False
             ds = ds.select_columns(["index", "logits", "blank", "reason"])
-        try:
-            yield from in_order(ds, len(job.inputs.files))
-        except Exception as e:
-            raise _task_failure(e) from None
+        yield from in_order(ds, len(job.inputs.files))
 
 
-def _task_failure(error: Exception) -> Exception:
-    """What a failed Ray task raised, told as the local engine tells it: the task's own error (typed, ours)
-    unwrapped from Ray's RayTaskError, else one line naming it. Ray Data raises the task's original exception,
-    not its UserCodeException wrapper (cluster.ray_session sets raise_original_map_exception)."""
+def _task_failure(error: Exception, model) -> Exception:
+    """What a failed Ray task raised, told as the local engine tells it, by type: the task's own error unwrapped
+    from Ray's RayTaskError (and Ray Data's UserCodeException); ours as itself, a ModelError naming the user's
+    model (not the task's copy of it); anything else the model's code raised (ONNX Runtime refusing a graph at
+    run time) a ModelError with the runtime's reason; Ray's own failures (a lost worker or object)
+    ClusterUnavailable. Ray Data raises the task's original exception (cluster.ray_session sets
+    raise_original_map_exception); the wrapper is unwrapped too should a stage still add it."""
     import ray
 
+    if isinstance(error, ToolkitError) and not isinstance(error, ray.exceptions.RayError):
+        return error  # raised on the driver (the reorder buffer, the Parquet sink), not Ray's dual-typed copy
     e = error
-    while isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None:
-        e = e.cause
+    for _ in range(10):
+        if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None and e.cause is not e:
+            e = e.cause
+        elif isinstance(e, ray.exceptions.UserCodeException) and e.__cause__ is not None:
+            e = e.__cause__
+        else:
+            break
+    if isinstance(e, ModelError):
+        return ModelError(model, e.reason)
     if isinstance(e, ToolkitError) and not isinstance(e, ray.exceptions.RayError):
         return e
-    return ClusterUnavailable(f"a Ray task failed ({type(e).__name__}: {first_line(e, 300)})")
+    if isinstance(e, ray.exceptions.RayError):
+        return ClusterUnavailable(f"a Ray task failed ({type(e).__name__}: {first_line(e, 300)})")
+    return ModelError(model, f"failed on the cluster: {runtime_reason(e)} ({type(e).__name__})")
 
 
 def in_order(ds, count: int) -> Iterator[Batch]:

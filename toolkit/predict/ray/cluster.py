@@ -83,6 +83,9 @@ def ray_session(address: str | None):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        # Blocks come back in input order: the first rows are written as soon as the first block is done (a
+        # stopped run keeps them), and the driver's reorder buffer holds nothing but replays.
+        ctx.execution_options.preserve_order = True
         ctx.raise_original_map_exception = True  # a task's own (typed) error, not Ray Data's UserCodeException
         # "execution finished in ..." and a failed task's traceback: the reason is said once, by us
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)

@@ -215,7 +215,7 @@ class RayEngine:
                            ).write_parquet(str(job.writer.folder.absolute()))
             job.stop.at_once = False
             ds = ds.select_columns(["index", "logits", "blank", "reason"])
-        yield from in_order(ds, len(job.inputs.files))
+        yield from in_order(ds, len(job.inputs.files), job.options.batch_size)
 
 
 def _task_failure(error: Exception, model) -> Exception:
@@ -246,14 +246,15 @@ def _task_failure(error: Exception, model) -> Exception:
     return ModelError(model, f"failed on the cluster: {runtime_reason(e)} ({type(e).__name__})")
 
 
-def in_order(ds, count: int) -> Iterator[Batch]:
-    """The dataset's rows as Batches in input order (a reorder buffer), each file index once."""
+def in_order(ds, count: int, size: int) -> Iterator[Batch]:
+    """The dataset's rows as Batches in input order (a reorder buffer), each file index once, at most ``size``
+    rows a Batch: a block is thousands of rows, and a stop is heard between Batches (run.drive)."""
     seen = np.zeros(count, dtype=bool)
     waiting: dict[int, tuple] = {}  # file index -> (outputs row, blank, reason), until every earlier one came
     done = 0
     for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i, logit, blank, reason in zip(part["index"].tolist(), part["logits"], part["blank"], part["reason"]):
-            if not seen[i]:  # a batch Ray ran twice (a lost actor or worker) is recorded once
+            if not seen[i]:  # a block Ray ran twice (a lost worker) is recorded once
                 seen[i] = True
                 waiting[i] = (logit, bool(blank), reason)
         ready = []
@@ -261,7 +262,8 @@ def in_order(ds, count: int) -> Iterator[Batch]:
             ready.append((done, *waiting.pop(done)))
             done += 1
         if ready:
-            yield from _runs(ready)
+            for start in range(0, len(ready), size):
+                yield from _runs(ready[start:start + size])
 
 
 def _runs(ready: list[tuple]) -> Iterator[Batch]:

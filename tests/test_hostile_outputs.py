@@ -242,24 +242,28 @@ def test_predict_output_created_during_the_run_is_kept(tiny_onnx, mnist, tmp_pat
 def test_two_concurrent_runs_to_one_output_lose_nothing(tiny_onnx, mnist, tmp_path):
     """A long run and a short one to the same -o, the short one started while the long one writes: both pass
     the up-front check, the short one takes the name, the long one's rows go beside it (never over it)."""
-    digit_images(tmp_path / "long", mnist, 4000)
+    from hostile_graphs import endless_loop
+
+    digit_images(tmp_path / "long", mnist, 1000)
     digit_images(tmp_path / "short", mnist, 50)
     out = tmp_path / "same.jsonl"
+    # ~6 ms a batch of one on any machine (a Loop of 6,000 trips): the long run outlasts the short one's start-up
+    slow = endless_loop(tmp_path / "slow.onnx", trips=6_000)
 
-    def start(folder):
-        return subprocess.Popen([sys.executable, "-m", "toolkit", "predict", str(folder), "--model", str(tiny_onnx),
+    def start(folder, model):
+        return subprocess.Popen([sys.executable, "-m", "toolkit", "predict", str(folder), "--model", str(model),
                                  "--provider", "cpu", "--workers", "0", "--batch-size", "1", "-o", str(out)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    long = start(tmp_path / "long")
+    long = start(tmp_path / "long", slow)
     _wait_for_part(tmp_path, "same.jsonl", [long])
-    short = start(tmp_path / "short")
+    short = start(tmp_path / "short", tiny_onnx)
     assert short.wait(timeout=120) == 0, short.stderr.read()
     assert long.poll() is None, "the long run ended first: no race was tested"
     assert long.wait(timeout=120) == 1
     assert str(tmp_path / "same.1.jsonl") in one_error_line(long.stderr.read())
     assert len(out.read_text().splitlines()) == 50  # the short run's rows, untouched
-    assert len((tmp_path / "same.1.jsonl").read_text().splitlines()) == 4000  # the long run's, complete
+    assert len((tmp_path / "same.1.jsonl").read_text().splitlines()) == 1000  # the long run's, complete
     assert no_part_files(tmp_path)
 
 

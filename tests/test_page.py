@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from serve_process import Server
+from serve_process import Server, model  # noqa: F401 (fixture: the tiny trained model as digits.onnx)
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (dev extra) is not installed")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -35,13 +35,6 @@ CANVAS = 280
 SCALE = CANVAS // 28
 BRUSH_RADIUS = 8  # the page's and the Tk pad's brush
 TOKEN = "page-test-token-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def model(tiny_onnx_session, tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("page") / "digits.onnx"
-    dst.write_bytes(tiny_onnx_session.read_bytes())
-    return dst
 
 
 @pytest.fixture(scope="module")

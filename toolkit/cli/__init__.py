@@ -7,6 +7,7 @@ Nothing heavy is imported here: `toolkit --help` and `toolkit predict` never loa
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import signal
 import sys
@@ -102,7 +103,22 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-@click.group(cls=ToolkitGroup, epilog=exit_codes_help(), context_settings={"help_option_names": ["-h", "--help"]})
+# Each command lives in the module of its name (toolkit.cli.<name>.command), imported only when that command
+# runs or help lists them all: `toolkit predict` does not pay for the options and imports of the six others.
+COMMANDS = ("train", "export", "inspect", "predict", "bench", "draw", "serve")
+
+
+class LazyCommands(ToolkitGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(f"{__name__}.{name}").command
+
+
+@click.group(cls=LazyCommands, epilog=exit_codes_help(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="toolkit")
 def cli() -> None:
     """Train the MNIST MLP, export it to TorchScript/ONNX with a parity gate,
@@ -115,16 +131,6 @@ def cli() -> None:
       toolkit predict ./samples      # ONNX Runtime only, no torch
       toolkit bench --provider cpu   # latency / throughput
     """
-
-
-def _register() -> None:
-    from . import bench, draw, export, inspect, predict, serve, train
-
-    for module in (train, export, inspect, predict, bench, draw, serve):
-        cli.add_command(module.command)
-
-
-_register()
 
 
 # The console-script entry point is the click group itself.

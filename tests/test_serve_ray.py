@@ -2,7 +2,8 @@
 
 The same requests go to the single-box server and to Ray Serve and must get the same bytes back; a replica
 is killed with SIGKILL under load from a pool of client threads (every request with a timeout) and the
-failures are counted during the kill and after Ray replaced it; SIGTERM deletes the Serve application;
+failures are counted during the kill and after Ray replaced it; tritonclient.grpc through Serve's gRPC proxy
+gets the single-box server's messages and status codes; SIGTERM deletes the Serve application;
 without --address a local Ray instance is started, --replicas auto scales up under load there, and nothing
 of it is left after SIGTERM.
 """
@@ -29,6 +30,8 @@ from test_runtime_contracts import linear_onnx
 
 import tritonclient.http as httpclient  # noqa: E402  (serve_process skips the module when missing)
 
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient's gRPC client needs grpcio and protobuf")
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
 def has_ray_serve() -> bool:
@@ -94,12 +97,15 @@ def alive(pids) -> list[int]:
 
 
 class RayServer(Server):
-    """``toolkit serve MODEL --engine ray ...``: the Server helper's requests, without its gRPC/provider args."""
+    """``toolkit serve MODEL --engine ray ...``: the Server helper's requests; --grpc-port only if ``grpc``
+    (under Ray it is off unless given)."""
 
-    def __init__(self, args: list, tmp: Path, env: dict):
-        super().__init__([], tmp, grpc=False)
+    def __init__(self, args: list, tmp: Path, env: dict, grpc: bool = False):
+        super().__init__([], tmp, grpc=grpc)
         self.args = [sys.executable, "-m", "toolkit", "serve", *map(str, args), "--engine", "ray", "--port",
                      str(self.port), "--provider", "cpu", "--threads", "1"]
+        if grpc:
+            self.args += ["--grpc-port", str(self.grpc_port)]
         self.env = env
 
     def start(self, timeout: float = 150.0) -> "RayServer":
@@ -180,7 +186,8 @@ def ray_server(cluster, model, tmp_path_factory):
     """Two replicas on the two-node cluster, joined with only the token given."""
     address, token, home = cluster
     env = without_ray_auth(os.environ) | {"RAY_AUTH_TOKEN": token, "HOME": str(home)}
-    server = RayServer([model, "--address", address, "--replicas", "2"], tmp_path_factory.mktemp("log"), env)
+    server = RayServer([model, "--address", address, "--replicas", "2"], tmp_path_factory.mktemp("log"), env,
+                       grpc=True)
     server.start()
     yield server
     server.stop(signal.SIGKILL) if server.proc.poll() is None else None
@@ -238,6 +245,61 @@ def test_the_same_responses_as_the_single_box_server(ray_server, model, tmp_path
         assert bad[:2] == local.post("/v2/models/digits/classify", b"not an image")[:2] and bad[0] == 400
     client = httpclient.InferenceServerClient(ray_server.url)  # the protocol's own client, unchanged
     assert client.is_server_ready() and client.get_model_metadata("digits")["inputs"][0]["name"] == "input"
+
+
+def grpc_calls(model: Path) -> list:
+    """tritonclient.grpc calls, each (client -> tritonclient's answer or InferenceServerException): health,
+    metadata, tensors with every output, BYTES images, and the protocol's errors."""
+    from toolkit.predict import prepare
+    from toolkit.runtime import Predictor
+
+    spec = Predictor.open(model, "cpu").contract.preprocess
+    x = spec.normalize(np.stack([prepare(p) for p in SAMPLES[:4]]))
+    files = np.array([p.read_bytes() for p in SAMPLES[4:8]], dtype=object)
+
+    def tensor(array: np.ndarray, name: str, datatype: str):
+        inp = grpcclient.InferInput(name, list(array.shape), datatype)
+        inp.set_data_from_numpy(array)
+        return inp
+
+    outputs = [grpcclient.InferRequestedOutput(n) for n in ("logits", "probabilities", "label", "confidence")]
+    return [
+        lambda c: c.is_server_live(), lambda c: c.is_server_ready(), lambda c: c.is_model_ready("digits"),
+        lambda c: c.is_model_ready("nope"), lambda c: c.get_server_metadata(), lambda c: c.get_model_metadata("digits"),
+        lambda c: c.infer("digits", [tensor(x, "input", "FP32")], outputs=outputs, request_id="g1").get_response(),
+        lambda c: c.infer("digits", [tensor(x, "input", "FP32")]).get_response(),
+        lambda c: c.infer("digits", [tensor(files, "image", "BYTES")]).get_response(),
+        lambda c: c.infer("nope", [tensor(x, "input", "FP32")]),
+        lambda c: c.get_model_metadata("nope"),
+        lambda c: c.infer("digits", [tensor(x[:, 0], "input", "FP32")]),
+        lambda c: c.infer("digits", [tensor(np.array([b"not an image"], dtype=object), "image", "BYTES")]),
+    ]
+
+
+def grpc_answer(call, client):
+    """What a call gave, comparable across servers: a message as its bytes, an error as (status, message)."""
+    try:
+        answer = call(client)
+    except InferenceServerException as e:
+        return str(e.status()), e.message()
+    return answer.SerializeToString() if hasattr(answer, "SerializeToString") else answer
+
+
+def test_grpc_the_same_answers_as_the_single_box_server(ray_server, model, tmp_path):
+    """tritonclient.grpc, unchanged (no `application` metadata), through Serve's gRPC proxy: every message
+    byte for byte the single-box server's gRPC answer, every error the same status code and message."""
+    ray = grpcclient.InferenceServerClient(ray_server.grpc)
+    with Server([model, "--threads", "1"], tmp_path) as local:
+        here = grpcclient.InferenceServerClient(local.grpc)
+        answers = [(grpc_answer(call, ray), grpc_answer(call, here)) for call in grpc_calls(model)]
+        here.close()
+    ray.close()
+    for i, (got, want) in enumerate(answers):
+        assert got == want, (i, got if isinstance(got, tuple) else len(got), want if isinstance(want, tuple) else 0)
+    assert answers[0][0] is answers[1][0] is answers[2][0] is True and answers[3][0] is False
+    assert len(answers[6][0]) > 4 * 10 * 4 and len(answers[8][0]) > 4 * 10 * 4  # tensors came back, not nothing
+    assert [a[0][0] for a in answers[9:]] == ["StatusCode.NOT_FOUND", "StatusCode.NOT_FOUND",
+                                              "StatusCode.INVALID_ARGUMENT", "StatusCode.INVALID_ARGUMENT"]
 
 
 def replicas(cluster_root: int) -> set[int]:
@@ -344,8 +406,11 @@ def test_autoscaled_on_a_local_ray_instance_and_nothing_left(model, tmp_path):
     idle, a second once the ongoing requests pass the target (--max-batch 2: two per replica) under 8 clients,
     never more than --max-replicas. After SIGTERM no process the command started is left."""
     env = without_ray_auth(os.environ) | {"HOME": str(tmp_path)}
+    token = secrets.token_hex(16)
+    (tmp_path / "token").write_text(token)
+    auth = {"Authorization": f"Bearer {token}"}
     server = RayServer([model, "--replicas", "auto", "--min-replicas", "1", "--max-replicas", "2",
-                        "--max-batch", "2"], tmp_path, env).start()
+                        "--max-batch", "2", "--token-file", tmp_path / "token"], tmp_path, env, grpc=True).start()
     stop = threading.Event()
     threads = [threading.Thread(target=lambda: None)]
     try:
@@ -354,7 +419,9 @@ def test_autoscaled_on_a_local_ray_instance_and_nothing_left(model, tmp_path):
         assert "1 to 2 replicas (autoscaled)" in server.output()
         assert len(replicas(server.proc.pid)) == 1
         path, body, headers = tensor_bodies(model)[1]
+        headers |= auth
         assert server.post(path, body, headers=headers)[0] == 200
+        assert_grpc_needs_the_token(server.grpc, token, model)
 
         def client() -> None:
             while not stop.is_set():
@@ -381,14 +448,37 @@ def test_autoscaled_on_a_local_ray_instance_and_nothing_left(model, tmp_path):
     assert not alive(ours), [cmdline(p)[:100] for p in alive(ours)]
 
 
+def assert_grpc_needs_the_token(address: str, token: str, model: Path) -> None:
+    """--token-file under Ray: a gRPC call without the token (or with another) is UNAUTHENTICATED, as on the
+    single box; live/ready stay open; with the token the same call is answered."""
+    client = grpcclient.InferenceServerClient(address)
+    infer = grpc_calls(model)[7]
+    try:
+        assert client.is_server_live() and client.is_server_ready()  # no token needed
+        for headers in (None, {"authorization": "Bearer " + "0" * 32}):
+            for call in (lambda c: c.get_model_metadata("digits", headers=headers),
+                         lambda c: c.is_model_ready("digits", headers=headers),
+                         lambda c: infer(c) if headers is None else c.get_server_metadata(headers=headers)):
+                status, message = grpc_answer(call, client)
+                assert status == "StatusCode.UNAUTHENTICATED" and "bearer token" in message, (status, message)
+        good = {"authorization": f"Bearer {token}"}
+        assert client.is_model_ready("digits", headers=good)
+        assert client.get_model_metadata("digits", headers=good).name == "digits"
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--replicas", "2"], "--replicas deploys on Ray Serve: it needs --engine ray"),
-    (["--engine", "ray", "--grpc-port", "9001"], "--grpc-port is not available with --engine ray"),
+    (["--engine", "ray", "--max-connections", "9"], "--max-connections is not available with --engine ray"),
+    (["--engine", "ray", "--grpc-port", "9001", "--certfile", "{model}", "--keyfile", "{model}"],
+     "Ray Serve's gRPC proxy has no TLS"),
     (["--engine", "ray", "--min-replicas", "2"], "give --replicas auto"),
     (["--engine", "ray", "--replicas", "auto", "--min-replicas", "3", "--max-replicas", "2"], "is above"),
     (["--engine", "ray", "--replicas", "zero"], "a number of replicas from 1 to 1024, or auto"),
 ])
 def test_usage_errors(model, args, message):
+    args = [a.replace("{model}", str(model)) for a in args]  # a file that exists: refused before it is read
     result = subprocess.run([sys.executable, "-m", "toolkit", "serve", str(model), *args], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stderr

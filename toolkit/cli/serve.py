@@ -28,8 +28,10 @@ the old model keeps serving). See docs/serve.md.
 instance, or the cluster at --address; its token authentication kept
 on): one proxy at --host:--port on the head node, replicas each holding
 one session per model, a fixed count or autoscaled on ongoing requests.
-HTTP only (no gRPC, no SIGHUP reload); SIGTERM/SIGINT delete the Serve
-application (and stop a local Ray). See docs/scale.md.
+gRPC only with an explicit --grpc-port: Serve's gRPC proxy listens on
+every interface and without TLS (refused with --certfile). No SIGHUP
+reload; SIGTERM/SIGINT delete the Serve application (and stop a local
+Ray). See docs/scale.md.
 
 """ + exit_codes_help({
     EXIT_OK: "stopped by SIGTERM/SIGINT after answering every accepted request",
@@ -75,7 +77,8 @@ def _byte_size(ctx, param, value):
                    "and --certfile/--keyfile for TLS.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="HTTP/REST port.")
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True,
-              help="gRPC port; 0: no gRPC.")
+              help="gRPC port; 0: no gRPC. With --engine ray: no gRPC unless given (Serve's gRPC proxy listens on "
+                   "every interface, not --host, and without TLS).")
 @provider_option()
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
               help="ONNX Runtime threads per model. Default: the usable CPUs (affinity and cgroup quota) shared "
@@ -148,6 +151,9 @@ def command(ctx, models, names, host, port, grpc_port, provider, threads, max_ba
         raise click.UsageError(f"model name {bad[0]!r}: 1 to 128 characters, no '/'")
 
     _check_engine(ctx, engine, replicas, min_replicas, max_replicas)
+    if engine == "ray" and _given(ctx, "grpc_port") and grpc_port and certfile is not None:
+        raise click.UsageError("--grpc-port with --certfile: Ray Serve's gRPC proxy has no TLS (the token would "
+                               "cross the network in clear); leave out --grpc-port, or use --engine local")
 
     from toolkit.serve import Limits, Listen, ModelOptions, build_app, read_token, run
 
@@ -163,7 +169,8 @@ def command(ctx, models, names, host, port, grpc_port, provider, threads, max_ba
         scaling = Scaling(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
                           target_ongoing=max_batch)
         listen = RayListen(address=address, host=host, port=port, certfile=certfile, keyfile=keyfile,
-                           drain_timeout_s=drain_timeout_s)
+                           drain_timeout_s=drain_timeout_s,
+                           grpc_port=(grpc_port or None) if _given(ctx, "grpc_port") else None)
         ctx.exit(serve_on_ray(list(zip(model_names, models)), options, limits, listen, scaling))
     app = build_app(list(zip(model_names, models)), options, limits)
     listen = Listen(host=host, port=port, grpc_port=grpc_port or None, certfile=certfile, keyfile=keyfile,
@@ -178,9 +185,9 @@ def _check_engine(ctx, engine: str, replicas, min_replicas: int, max_replicas: i
         if ray_only:
             raise click.UsageError(f"{ray_only[0]} deploys on Ray Serve: it needs --engine ray")
         return
-    if unsupported := [f"--{n.replace('_', '-')}" for n in ("grpc_port", "max_connections") if _given(ctx, n)]:
-        raise click.UsageError(f"{unsupported[0]} is not available with --engine ray (Ray Serve's proxy serves "
-                               "HTTP only and has no connection limit)")
+    if _given(ctx, "max_connections"):
+        raise click.UsageError("--max-connections is not available with --engine ray (Ray Serve's proxy has no "
+                               "connection limit)")
     if replicas is not None and (_given(ctx, "min_replicas") or _given(ctx, "max_replicas")):
         raise click.UsageError("--min-replicas/--max-replicas bound an autoscaled deployment: give --replicas auto")
     if min_replicas > max_replicas:

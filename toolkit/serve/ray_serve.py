@@ -9,9 +9,18 @@ each replica holds one ONNX Runtime session per model and batches what reaches i
 The model files are read here once and put in Ray's object store: a node need not hold them (as predict's
 Ray engine does). Ray is started or joined by toolkit.predict.ray.cluster (token authentication kept on).
 
-Left out under Serve (the command refuses them in one line): gRPC (Serve's gRPC proxy needs servicers compiled
-from protobuf, not the app's generic handler), SIGHUP reload (deploy again instead), --max-connections (the
-proxy has no such limit). /metrics answers with the counters of the replica that took the request.
+gRPC (--grpc-port): Serve's gRPC proxy on the head node carries inference.GRPCInferenceService. It registers
+the service through toolkit.serve.grpc_service.add_GRPCInferenceServiceServicer_to_server, passes each
+request's bytes to a replica, and calls the replica's method of the RPC's name (ModelInfer, ...), which answers
+with toolkit.serve.grpc_service's own code: the same messages, status codes, token check and retry-after.
+The proxy routes a call without `application` metadata (tritonclient sends none) to the only application on
+the cluster, so --grpc-port needs a Serve this command starts. Unlike our own server, Serve's gRPC proxy
+listens on every interface ([::]:PORT, whatever --host says) and without TLS (ray/serve/_private/grpc_util.py
+start_grpc_server and default_impl.add_grpc_address): off unless --grpc-port is given, refused with --certfile.
+
+Left out under Serve (the command refuses them in one line): SIGHUP reload (deploy again instead),
+--max-connections (the proxy has no such limit). /metrics answers with the counters of the replica that took
+the request.
 """
 
 from __future__ import annotations
@@ -58,6 +67,10 @@ class RayListen:
     certfile: str | None = None  # paths on the head node, where the proxy runs
     keyfile: str | None = None
     drain_timeout_s: float = 30.0
+    grpc_port: int | None = None  # None: no gRPC proxy; Serve's listens on every interface, without TLS
+
+
+GRPC_SERVICER = "toolkit.serve.grpc_service.add_GRPCInferenceServiceServicer_to_server"
 
 
 def replica_options(options: ModelOptions) -> dict:
@@ -100,11 +113,13 @@ def probe(models, options: ModelOptions, limits: Limits | None) -> dict:
 def deployment(serve, scaling: Scaling, options: ModelOptions, drain_timeout_s: float):
     from ray.serve.config import AutoscalingConfig
 
-    @serve.ingress()
+    from .grpc_service import RPCS, InferenceServicer
+
     class ToolkitServe:
         def __init__(self, models, options, limits):
             self._dir = tempfile.TemporaryDirectory(prefix="toolkit-serve-")
             self._app = open_where_it_runs(models, options, limits, self._dir.name)
+            self._grpc = InferenceServicer(self._app)
 
         def __serve_build_asgi_app__(self):
             return self._app  # Serve runs its lifespan: startup warms every model, shutdown closes the batchers
@@ -112,6 +127,10 @@ def deployment(serve, scaling: Scaling, options: ModelOptions, drain_timeout_s: 
         def check_health(self):
             if self._app.started and not self._app.ready:
                 raise RuntimeError("a model is not ready")
+
+    for rpc in RPCS:  # what Serve's gRPC proxy calls: the method named after the RPC, with Serve's context
+        setattr(ToolkitServe, rpc, grpc_method(rpc))
+    ToolkitServe = serve.ingress()(ToolkitServe)
 
     config = {"name": DEPLOYMENT, "ray_actor_options": replica_options(options),
               # The app's own queue (--max-queue, 429 beyond) is where requests wait, not Serve's router.
@@ -125,6 +144,14 @@ def deployment(serve, scaling: Scaling, options: ModelOptions, drain_timeout_s: 
     else:
         config["num_replicas"] = scaling.replicas
     return serve.deployment(**config)(ToolkitServe)
+
+
+def grpc_method(rpc: str):
+    async def call(self, request: bytes, grpc_context):  # Serve passes grpc_context to a parameter of that name
+        return await self._grpc.over_serve(rpc, request, grpc_context)
+
+    call.__name__ = rpc
+    return call
 
 
 def serve_on_ray(models: list[tuple[str, str | os.PathLike]], options: ModelOptions, limits: Limits | None,
@@ -159,6 +186,8 @@ def serve_on_ray(models: list[tuple[str, str | os.PathLike]], options: ModelOpti
             started = _deploy(serve, refs, options, limits, listen, scaling)
             try:
                 where = f"{'https' if listen.certfile else 'http'}://{listen.host}:{listen.port}"
+                if listen.grpc_port is not None:
+                    where += f" and gRPC [::]:{listen.grpc_port} (every interface)"
                 count = (f"{scaling.replicas} replica(s)" if scaling.replicas is not None else
                          f"{scaling.min_replicas} to {scaling.max_replicas} replicas (autoscaled)")
                 log.warning("serving %s on Ray Serve at %s, %s on %s (%g CPU(s)); ready",
@@ -233,14 +262,24 @@ def _deploy(serve, refs, options: ModelOptions, limits: Limits | None, listen: R
         raise ClusterUnavailable(f"the Ray cluster already serves an application named {APP_NAME!r} (another "
                                  "`toolkit serve --engine ray`?); stop it first")
     started = not running.proxies and not running.applications
+    if listen.grpc_port is not None and not started:
+        # Serve keeps the proxies it was started with (a new gRPC config is ignored), and a tritonclient call
+        # carries no `application` metadata: Serve routes it only when one application runs.
+        raise ClusterUnavailable("--grpc-port: Ray Serve already runs on the cluster, with its own proxies; "
+                                 "gRPC needs a Serve that this command starts (or leave out --grpc-port)")
     http = {"host": listen.host, "port": listen.port,
             # a safety net behind the app's own deadlines (504/408): no request waits forever on the proxy
             "request_timeout_s": (options.timeout_s or 60.0) + limits.body_timeout_s + 5.0}
     if listen.certfile:
         http |= {"ssl_certfile": listen.certfile, "ssl_keyfile": listen.keyfile}
+    grpc = None
+    if listen.grpc_port is not None:
+        # No reflection: our own server offers none either.
+        grpc = {"port": listen.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER], "enable_reflection": False,
+                "request_timeout_s": http["request_timeout_s"]}
     try:
         # HeadOnly: one proxy, one address for the fleet (every node's proxy would share a port on one machine)
-        serve.start(proxy_location="HeadOnly", http_options=http)
+        serve.start(proxy_location="HeadOnly", http_options=http, grpc_options=grpc)
         app = deployment(serve, scaling, options, listen.drain_timeout_s).bind(refs, options, limits)
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": "WARNING"})
     except Exception as e:

@@ -284,8 +284,11 @@ def _deploy(serve, refs, options: ModelOptions, limits: Limits | None, listen: R
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config={"log_level": "WARNING"})
     except Exception as e:
         _undeploy(serve, started)
-        raise ClusterUnavailable(f"Ray Serve could not deploy the application ({type(e).__name__}: "
-                                 f"{first_line(e, 300)})") from None
+        # A proxy that cannot start (a port in use) is a RayTaskError whose first line is only the actor's
+        # repr: what went wrong is its cause.
+        cause = getattr(e, "cause", None) or e
+        raise ClusterUnavailable(f"Ray Serve could not deploy the application ({type(cause).__name__}: "
+                                 f"{first_line(cause, 300)})") from None
     return started
 
 

@@ -61,10 +61,10 @@ def seed_model_class():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mnist):
     """A real 1-epoch training on 10,000 images (~90% test accuracy), written by the library."""
-    from toolkit.train.run import train_to_files
+    from toolkit.train.run import TrainJob, train_to_files
 
     out = tmp_path_factory.mktemp("tiny") / "model.pth"
-    summary = train_to_files(out=out, epochs=1, train_subset=10000, seed=0, device="cpu", progress=False)
+    summary = train_to_files(TrainJob(epochs=1, train_subset=10000, seed=0, device="cpu", progress=False), out=out)
     return out, summary
 
 

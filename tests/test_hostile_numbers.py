@@ -156,10 +156,11 @@ def test_diverging_training_into_a_new_folder_leaves_no_folder(tmp_path):
 def test_library_raises_a_typed_error_for_a_training_that_diverges(lr, tmp_path):
     """What the CLI now refuses up front (inf) and what it cannot (a finite rate far too high), at the library."""
     from toolkit.errors import EXIT_ERROR, ToolkitError
-    from toolkit.train.run import train_to_files
+    from toolkit.train.run import TrainJob, train_to_files
     from toolkit.train.trainer import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="training diverged") as caught:
-        train_to_files(out=tmp_path / "model.pth", epochs=1, lr=lr, train_subset=100, device="cpu", progress=False)
+        train_to_files(TrainJob(epochs=1, lr=lr, train_subset=100, device="cpu", progress=False),
+                       out=tmp_path / "model.pth")
     assert isinstance(caught.value, ToolkitError) and caught.value.exit_code == EXIT_ERROR
     assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from toolkit.errors import CheckpointError, OutputError
 from toolkit.train.checkpoint import FORMAT, build_model, load_checkpoint
 from toolkit.train.recipes import RECIPES
-from toolkit.train.run import output_paths, train_to_files
+from toolkit.train.run import TrainJob, output_paths, train_to_files
 
 
 def test_seed_recipe_is_the_notebooks():
@@ -70,12 +71,13 @@ def test_seed_state_dict_loads_unchanged(tiny_run, tmp_path, seed_model_class):
 
 @pytest.mark.slow
 def test_same_seed_same_weights(tmp_path):
-    a = train_to_files(out=tmp_path / "a.pth", epochs=1, train_subset=2000, seed=7, device="cpu", progress=False)
-    b = train_to_files(out=tmp_path / "b.pth", epochs=1, train_subset=2000, seed=7, device="cpu", progress=False)
+    job = TrainJob(epochs=1, train_subset=2000, seed=7, device="cpu", progress=False)
+    a = train_to_files(job, out=tmp_path / "a.pth")
+    b = train_to_files(job, out=tmp_path / "b.pth")
     sa, sb = load_checkpoint(tmp_path / "a.pth").state_dict, load_checkpoint(tmp_path / "b.pth").state_dict
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.test_accuracy == b.test_accuracy
-    c = train_to_files(out=tmp_path / "c.pth", epochs=1, train_subset=2000, seed=8, device="cpu", progress=False)
+    c = train_to_files(dataclasses.replace(job, seed=8), out=tmp_path / "c.pth")
     sc = load_checkpoint(tmp_path / "c.pth").state_dict
     assert not torch.equal(sa["model.1.weight"], sc["model.1.weight"])
     assert c.files
@@ -84,7 +86,7 @@ def test_same_seed_same_weights(tmp_path):
 def test_existing_output_is_refused_before_training(tiny_ckpt):
     before = tiny_ckpt.read_bytes()
     with pytest.raises(OutputError, match="already exists; pass --force"):
-        train_to_files(out=tiny_ckpt, epochs=1, train_subset=200, progress=False)
+        train_to_files(TrainJob(epochs=1, train_subset=200, progress=False), out=tiny_ckpt)
     assert tiny_ckpt.read_bytes() == before
 
 
@@ -103,18 +105,18 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch, seed_model_class
     ours = SimpleNN()
     ours.load_state_dict(model.state_dict())
     with pytest.raises(KeyboardInterrupt):
-        C.save_checkpoint(tmp_path / "model.pth", model=ours, recipe={}, metrics={})
+        C.save_checkpoint(tmp_path / "model.pth", model=ours, record={"recipe": {}, "metrics": {}})
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
 def test_out_in_a_new_folder_and_under_a_file(tmp_path):
-    out = tmp_path / "runs" / "a" / "model.pth"
-    train_to_files(out=out, epochs=1, train_subset=200, progress=False)
+    out, job = tmp_path / "runs" / "a" / "model.pth", TrainJob(epochs=1, train_subset=200, progress=False)
+    train_to_files(job, out=out)
     assert out.is_file()
     (tmp_path / "plain").write_text("not a folder")
     with pytest.raises(OutputError, match="cannot create the output directory"):
-        train_to_files(out=tmp_path / "plain" / "model.pth", epochs=1, train_subset=200, progress=False)
+        train_to_files(job, out=tmp_path / "plain" / "model.pth")
 
 
 def test_checkpoint_from_other_architecture_is_named(tmp_path):

@@ -59,9 +59,9 @@ def versions() -> dict:
     return out
 
 
-def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: dict,
-                    classes: list[str] = DEFAULT_CLASSES, preprocess: PreprocessSpec = MNIST,
-                    replace: bool = False) -> None:
+def save_checkpoint(path: str | os.PathLike, *, model, record: dict, classes: list[str] = DEFAULT_CLASSES,
+                    preprocess: PreprocessSpec = MNIST, replace: bool = False) -> None:
+    """``record``: how the model was trained, {"recipe": {...}, "metrics": {...}} (the metrics JSON holds it too)."""
     import datetime
     import io
 
@@ -75,8 +75,8 @@ def save_checkpoint(path: str | os.PathLike, *, model, recipe: dict, metrics: di
         "config": model.config.to_dict(),
         "preprocess": preprocess.to_dict(),
         "classes": list(classes),
-        "recipe": recipe,
-        "metrics": metrics,
+        "recipe": record["recipe"],
+        "metrics": record["metrics"],
         "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

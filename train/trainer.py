@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,10 @@ from toolkit.errors import TrainingDiverged
 from toolkit.preprocess import MNIST, PreprocessSpec
 
 from .recipes import Recipe
+
+if TYPE_CHECKING:
+    from .data import Mnist
+    from .run import TrainJob
 
 
 @dataclass
@@ -73,23 +78,22 @@ def evaluate(model, x, y, batch_size: int = 2000):
     return float((pred == y).float().mean()), loss / len(x), pred.cpu().numpy()
 
 
-def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,
-          test_labels: np.ndarray, *, seed: int = 0, device: str = "cpu", progress: bool = True,
-          spec: PreprocessSpec = MNIST, config=None) -> TrainResult:
-    """Train the network ``config`` describes (any train.architectures config; default the seed's MLP)."""
+def train(recipe: Recipe, data: Mnist, job: TrainJob, *, spec: PreprocessSpec = MNIST, config=None) -> TrainResult:
+    """Train the network ``config`` describes (any train.architectures config; default the seed's MLP) on
+    ``data``'s training set, tested on its test set; from ``job`` its seed, device ("cpu" or "cuda") and progress."""
     import torch
     from tqdm.auto import tqdm
 
     from .architectures import build
     from .model import MLPConfig
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    dev = torch.device(device)
-    x = torch.from_numpy(spec.normalize(images)).to(dev)
-    y = torch.from_numpy(labels).to(dev)
-    tx = torch.from_numpy(spec.normalize(test_images)).to(dev)
-    ty = torch.from_numpy(test_labels).to(dev)
+    torch.manual_seed(job.seed)
+    gen = torch.Generator().manual_seed(job.seed)
+    dev = torch.device(job.device)
+    x = torch.from_numpy(spec.normalize(data.train_images)).to(dev)
+    y = torch.from_numpy(data.train_labels).to(dev)
+    tx = torch.from_numpy(spec.normalize(data.test_images)).to(dev)
+    ty = torch.from_numpy(data.test_labels).to(dev)
 
     model = build(config if config is not None else MLPConfig()).to(dev)
     optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
@@ -109,7 +113,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, test_images: n
         total = 0.0
         # closed on the way out too, so a divergence error is not printed into a half-drawn bar
         with tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False,
-                  disable=not progress, dynamic_ncols=True, mininterval=0.5) as bar:
+                  disable=not job.progress, dynamic_ncols=True, mininterval=0.5) as bar:
             for step in bar:
                 idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
                 xb = x[idx]
@@ -141,7 +145,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, test_images: n
         row = {"epoch": epoch, "train_loss": total / steps_per_epoch, "test_loss": test_loss,
                "test_accuracy": acc, "seconds": time.perf_counter() - start}
         result.history.append(row)
-        if progress:
+        if job.progress:
             tqdm.write(f"epoch {epoch:>2}/{recipe.epochs}  loss {row['train_loss']:.4f}  "
                        f"test acc {acc * 100:.2f}%  ({row['seconds']:.0f} s)")
         result.test_predictions = preds

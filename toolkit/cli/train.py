@@ -39,11 +39,11 @@ def command(arch, recipe, epochs, batch_size, lr, seed, device, data_dir, out, t
     with exit code 1 and writes nothing.
     """
     from toolkit.text import printable
-    from toolkit.train.run import train_to_files
+    from toolkit.train.run import TrainJob, train_to_files
 
-    summary = train_to_files(out=out, arch=arch, recipe_name=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
-                             seed=seed, device=device, data_dir=data_dir, train_subset=train_subset,
-                             progress=progress, force=force)
+    job = TrainJob(arch=arch, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                   data_dir=data_dir, train_subset=train_subset, progress=progress)
+    summary = train_to_files(job, out=out, force=force)
     click.echo(f"{summary.arch}: test accuracy {summary.test_accuracy * 100:.2f}% after {summary.epochs} epochs "
                f"in {summary.train_seconds:.1f} s on {summary.device}")
     for path in summary.files:

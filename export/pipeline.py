@@ -74,36 +74,49 @@ def _versions() -> dict:
     return {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLike | None = None,
-                      formats=DEFAULT_FORMATS, opset: int = DEFAULT_OPSET,
-                      onnx_exporter: str = DEFAULT_ONNX_EXPORTER, atol: float = DEFAULT_ATOL,
-                      rtol: float = DEFAULT_RTOL, int8: bool = False,
-                      int8_max_drop: float = DEFAULT_INT8_MAX_DROP, force: bool = False, data_dir=None,
-                      latency_runs: int = 2000, source=None, variants=()) -> ExportReport:
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """What `toolkit export` writes and the gates each file must pass (its defaults are the command's).
+
+    ``formats`` names any rows of toolkit.formats; ``int8`` and ``variants`` are the older way to name the
+    variants (``int8``, ``int8-static``, ``fp16``), each judged on accuracy against the file it is made from."""
+
+    formats: tuple = DEFAULT_FORMATS
+    opset: int = DEFAULT_OPSET
+    onnx_exporter: str = DEFAULT_ONNX_EXPORTER
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    int8_max_drop: float = DEFAULT_INT8_MAX_DROP  # test-accuracy points a variant may lose
+    latency_runs: int = 2000  # batch-1 runs per file when a variant is timed against its float file
+    int8: bool = False
+    variants: tuple = ()
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, options: ExportOptions = ExportOptions(), *,
+                      out_dir: str | os.PathLike | None = None, force: bool = False, data_dir=None,
+                      source=None) -> ExportReport:
     """Export, validate and (only if every gate passes) publish. Returns the report, also written as JSON.
 
     Raises CheckpointError/OutputError (exit 1) before any work, ValidationFailed (exit 4)
     carrying the report when a gate fails. ``source``: an already built (LoadedCheckpoint, model) pair,
     e.g. a user's module (user_module.load_module); ``checkpoint`` then names its weights file.
-    ``formats`` names any rows of toolkit.formats; ``int8`` and ``variants`` are the older way to name the
-    variants (``int8``, ``int8-static``, ``fp16``), each judged on accuracy against the file it is made from.
     """
     from toolkit.train.checkpoint import build_model, load_checkpoint
     from toolkit.train.data import load_mnist
 
     started = time.perf_counter()
-    chosen = chosen_formats(formats, int8, variants)
+    chosen = chosen_formats(options.formats, options.int8, options.variants)
     if not any(f.made_from is None for f in chosen):
         raise ValueError("formats must name at least one of "
                          f"{', '.join(f.name for f in registry.FORMATS if f.made_from is None)}")
-    if onnx_exporter not in ONNX_EXPORTERS:
-        raise ValueError(f"onnx_exporter must be one of {ONNX_EXPORTERS}, got {onnx_exporter!r}")
+    if options.onnx_exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"onnx_exporter must be one of {ONNX_EXPORTERS}, got {options.onnx_exporter!r}")
     names = [f.name for f in chosen]
     for f in chosen:
         if f.made_from and f.made_from not in names:
             raise ValueError(f"the {f.name} variant is made from the {f.made_from} export; include {f.made_from} "
                              "in formats")
-    for name, value in {"atol": atol, "rtol": rtol, "int8_max_drop": int8_max_drop}.items():
+    for name, value in {"atol": options.atol, "rtol": options.rtol, "int8_max_drop": options.int8_max_drop}.items():
         if not (math.isfinite(value) and value >= 0):  # a NaN or infinite tolerance switches its gate off
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     loaded = load_checkpoint(checkpoint) if source is None else source[0]
@@ -126,17 +139,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, *, out_dir: str | os.PathLi
 
         with contextlib.ExitStack() as stack:
             tmp = {k: stack.enter_context(atomic_path(p, replace=force)) for k, p in paths.items() if k != "report"}
-            run = _Run(paths, tmp, ref, (atol, rtol, int8_max_drop), latency_runs)
+            run = _Run(paths, tmp, ref, options)
             # Same contract in every file; the ONNX-only fields are blank in the torch formats.
-            base = Job(model, Path(), loaded, dataclasses.replace(contract_for(loaded, 0), onnx_version=""), opset,
-                       onnx_exporter, calibration=functools.partial(_calibration, data.train_images, loaded.preprocess))
+            base = Job(model, Path(), loaded, dataclasses.replace(contract_for(loaded, 0), onnx_version=""),
+                       options.opset, options.onnx_exporter,
+                       calibration=functools.partial(_calibration, data.train_images, loaded.preprocess))
             for row in chosen:
                 run.write(row, base)
             report = ExportReport(
                 checkpoint=str(checkpoint), checkpoint_sha256=loaded.sha256,
                 checkpoint_kind=CHECKPOINT_KINDS[loaded.kind],
                 architecture=loaded.config.describe(),
-                tolerances=Tolerances(atol, rtol, int8_max_drop if any(f.made_from for f in chosen) else None),
+                tolerances=Tolerances(options.atol, options.rtol,
+                                      options.int8_max_drop if any(f.made_from for f in chosen) else None),
                 inputs=Inputs(test_images=int(len(ref.test_y)), random_batches=list(parity.RANDOM_BATCHES)),
                 eager={"test_accuracy": ref.accuracy}, formats=run.results, passed=not run.problems,
                 problems=run.problems, timings=run.timings, versions=_versions(),
@@ -168,9 +183,9 @@ def _calibration(train_images, spec) -> np.ndarray:
 class _Run:
     """One export's artefacts under their temporary names, and what validating them found."""
 
-    def __init__(self, paths, tmp, ref, gates, latency_runs):
-        self.paths, self.tmp, self.ref, self.latency_runs = paths, tmp, ref, latency_runs
-        self.atol, self.rtol, self.max_drop = gates
+    def __init__(self, paths, tmp, ref, options: ExportOptions):
+        self.paths, self.tmp, self.ref, self.latency_runs = paths, tmp, ref, options.latency_runs
+        self.atol, self.rtol, self.max_drop = options.atol, options.rtol, options.int8_max_drop
         self.results: dict[str, FormatResult] = {}
         self.problems: list[str] = []
         self.timings: dict[str, float] = {}

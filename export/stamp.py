@@ -63,18 +63,28 @@ class StampReport:
     user_top: dict | None = None  # class -> how many of the user images it was predicted for
 
 
-def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: str | os.PathLike, *,
-               force: bool = False, data_dir: str | os.PathLike | None = None,
-               images: str | os.PathLike | None = None, run_timeout: float | None = None) -> StampReport:
-    """Validate ``source`` as described by ``flags`` and write a copy with the contract embedded at ``out``.
+@dataclass(frozen=True)
+class StampChecks:
+    """What the model is run on before it is stamped, besides random images, and how long each run may take.
 
-    ``images``: a folder (or file) of real images, run through the model's own pipeline as predict reads them
-    (finite outputs required; the predicted classes are reported), for models whose labels are not digits.
-    ``run_timeout``: seconds per check batch of at most CHECK_BATCH images (toolkit.run_guard.STAMP_RUN_TIMEOUT by
-    default; 0: none); the probe runs at open take at most PROBE_TIMEOUT each."""
+    ``data_dir``: where MNIST is, for a model labelled with the digits 0-9. ``images``: a folder (or file) of real
+    images, run through the model's own pipeline as predict reads them (finite outputs required; the predicted
+    classes are reported), for models whose labels are not digits. ``run_timeout``: seconds per check batch of at
+    most CHECK_BATCH images (toolkit.run_guard.STAMP_RUN_TIMEOUT by default; 0: none); the probe runs at open take
+    at most PROBE_TIMEOUT each."""
+
+    data_dir: str | os.PathLike | None = None
+    images: str | os.PathLike | None = None
+    run_timeout: float | None = None
+
+
+def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: str | os.PathLike,
+               checks: StampChecks = StampChecks(), *, force: bool = False) -> StampReport:
+    """Validate ``source`` as described by ``flags`` (run as ``checks`` says) and write a copy with the contract
+    embedded at ``out``."""
     import onnx
 
-    from toolkit.runtime import Predictor
+    from toolkit.runtime import OpenOptions, Predictor
 
     source, out = Path(source), Path(out)
     if identify(source, expected="an ONNX model") != "onnx":
@@ -89,9 +99,9 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
     inline = _external_data(proto, source, out)
     from toolkit.run_guard import STAMP_RUN_TIMEOUT
 
-    run_timeout = STAMP_RUN_TIMEOUT if run_timeout is None else run_timeout
+    bounded = OpenOptions(run_timeout=STAMP_RUN_TIMEOUT if checks.run_timeout is None else checks.run_timeout)
     # loads in ORT, reads the graph, probes the batch sizes it takes and the output (each run bounded)
-    predictor = Predictor.open(source, "cpu", flags=flags, run_timeout=run_timeout)
+    predictor = Predictor.open(source, "cpu", flags=flags, options=bounded)
     if inline:  # only after ONNX Runtime accepted where the data files are
         from onnx.external_data_helper import load_external_data_for_model
 
@@ -102,8 +112,8 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
     reference = _finite(source, predictor, random_x, "random images")
     accuracy, digits = None, 0
     if contract.classes == DIGITS and spec.mode == "digit":
-        accuracy, digits = _digit_accuracy(source, predictor, data_dir)
-    user = _user_images(source, predictor, images) if images is not None else (0, 0, None)
+        accuracy, digits = _digit_accuracy(source, predictor, checks.data_dir)
+    user = _user_images(source, predictor, checks.images) if checks.images is not None else (0, 0, None)
 
     contract = dataclasses.replace(contract, exporter="stamped by toolkit export", source_sha256=file_sha256(source),
                                    onnx_version=onnx.__version__, opset=graph_opset(source))
@@ -121,7 +131,7 @@ def stamp_onnx(source: str | os.PathLike, flags: PreprocessFlags | None, out: st
     with atomic_path(out, replace=force) as tmp:
         tmp.write_bytes(proto.SerializeToString())
         check_onnx(tmp)
-        stamped = Predictor.open(tmp, "cpu", run_timeout=run_timeout)  # no options: the file alone must say it all
+        stamped = Predictor.open(tmp, "cpu", options=bounded)  # no flags: the file alone must say it all
         if stamped.contract.to_metadata() != contract.to_metadata():
             raise ValidationFailed(f"{out}: the contract read back from the copy differs from the one written")
         if not np.array_equal(_outputs(stamped, random_x), reference):

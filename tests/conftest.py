@@ -104,10 +104,10 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_export(tiny_run, tmp_path_factory) -> dict:
     """`toolkit export --int8` of the tiny checkpoint, once: the library's report dict (files under its paths)."""
-    from toolkit.export.pipeline import export_checkpoint
+    from toolkit.export.pipeline import ExportOptions, export_checkpoint
 
     out = tmp_path_factory.mktemp("export")
-    return export_checkpoint(tiny_run[0], out_dir=out, int8=True, latency_runs=200)
+    return export_checkpoint(tiny_run[0], ExportOptions(int8=True, latency_runs=200), out_dir=out)
 
 
 @pytest.fixture(scope="session")

@@ -78,11 +78,12 @@ def test_the_edge_core_holds_the_registry_without_torch_or_the_torch_side():
 def exported(tiny_run, tmp_path_factory):
     """One export of every format this installation can write but ExecuTorch (its lowering alone takes ~20 s;
     tests/test_export_formats.py exports it), with the fast legacy ONNX exporter: (report, folder, names)."""
-    from toolkit.export.pipeline import export_checkpoint
+    from toolkit.export.pipeline import ExportOptions, export_checkpoint
 
     out = tmp_path_factory.mktemp("formats")
     names = [f.name for f in registry.FORMATS if f.name != "executorch" and not registry.missing(f, "legacy")]
-    report = export_checkpoint(tiny_run[0], out_dir=out, formats=names, onnx_exporter="legacy", latency_runs=50)
+    report = export_checkpoint(tiny_run[0], ExportOptions(formats=names, onnx_exporter="legacy", latency_runs=50),
+                               out_dir=out)
     return report, out, names
 
 

@@ -94,10 +94,10 @@ def test_range_and_spelling_are_still_checked(kwargs, value, words):
 @pytest.mark.parametrize("value", [math.nan, math.inf, -1.0])
 def test_export_library_refuses_tolerances_that_switch_its_gates_off(name, value, tmp_path):
     """The library call is guarded too (programming error, before the checkpoint is even opened)."""
-    from toolkit.export.pipeline import export_checkpoint
+    from toolkit.export.pipeline import ExportOptions, export_checkpoint
 
     with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
-        export_checkpoint(tmp_path / "absent.pth", **{name: value})
+        export_checkpoint(tmp_path / "absent.pth", ExportOptions(**{name: value}))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -187,6 +187,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z
 
 
+@dataclass(frozen=True)
+class OpenOptions:
+    """How ``Predictor.open`` runs a model. ``run_timeout``: seconds per batch (default
+    toolkit.run_guard.DEFAULT_RUN_TIMEOUT; 0: none); ``probe_timeout``: per probe run at open (default the smaller
+    of it and PROBE_TIMEOUT); ``spin=False``: pool threads sleep between runs (see ``session_options``)."""
+
+    run_timeout: float | None = None
+    probe_timeout: float | None = None
+    spin: bool = True
+
+
 @dataclass
 class Predictor:
     """An ONNX model plus its contract: uint8 pixels in MNIST's format (the model's size) in, class probabilities out.
@@ -206,22 +217,18 @@ class Predictor:
 
     @classmethod
     def open(cls, path: str | os.PathLike = "model.onnx", provider: str = "auto", threads: int | None = None,
-             flags: PreprocessFlags | None = None, run_timeout: float | None = None,
-             probe_timeout: float | None = None, spin: bool = True):
-        """``run_timeout``: seconds per batch (default toolkit.run_guard.DEFAULT_RUN_TIMEOUT; 0: none);
-        ``probe_timeout``: per probe run at open (default the smaller of it and PROBE_TIMEOUT).
-
-        Before any run: the memory one image's input needs is checked against the free memory (ModelError when
+             flags: PreprocessFlags | None = None, options: OpenOptions = OpenOptions()):
+        """Before any run: the memory one image's input needs is checked against the free memory (ModelError when
         not even one fits; ``max_rows`` otherwise), and the batch sizes the graph accepts are probed
         (toolkit.batch_limits)."""
         from .batch_limits import accepted_batch, rows_that_fit
         from .run_guard import DEFAULT_RUN_TIMEOUT, PROBE_TIMEOUT, Guard, check_limit
 
         path = Path(path)
-        limit = check_limit(DEFAULT_RUN_TIMEOUT if run_timeout is None else run_timeout)
-        probe_limit = check_limit(probe_timeout) if probe_timeout is not None else (
+        limit = check_limit(DEFAULT_RUN_TIMEOUT if options.run_timeout is None else options.run_timeout)
+        probe_limit = check_limit(options.probe_timeout) if options.probe_timeout is not None else (
             PROBE_TIMEOUT if limit is None else min(limit, PROBE_TIMEOUT))
-        session, used, notice = create_session(path, provider, threads, spin)
+        session, used, notice = create_session(path, provider, threads, options.spin)
         contract = model_contract(session, path, flags)
         predictor = cls(path=path, session=session, provider=used, notice=notice, contract=contract,
                         guard=Guard(session, path, limit))

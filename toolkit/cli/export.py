@@ -124,11 +124,13 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
             weights, input_shape, run_timeout, data_dir, force, flags) -> None:
     _check_sources(checkpoint, module, weights, input_shape, out, flags)
     if module is None and (out is not None or flags.given):
-        _stamp_or_refuse(checkpoint, out, flags, force, (data_dir, images, run_timeout))
+        from toolkit.export.stamp import StampChecks
+
+        _stamp_or_refuse(checkpoint, out, flags, force, StampChecks(data_dir, images, run_timeout))
         return
     if images is not None:
         raise click.UsageError("--images checks a model being stamped (an ONNX file with --out)")
-    from toolkit.export.pipeline import export_checkpoint
+    from toolkit.export.pipeline import ExportOptions, export_checkpoint
     from toolkit.export.report import render_table
     from toolkit.errors import ValidationFailed
 
@@ -151,9 +153,9 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
         source = load_module(module, weights, input_shape, flags, search_path=os.getcwd())
         checkpoint = weights
     try:
-        report = export_checkpoint(checkpoint, out_dir=out_dir, formats=formats, opset=opset,
-                                   onnx_exporter=onnx_exporter, atol=atol, rtol=rtol,
-                                   int8_max_drop=int8_max_drop, force=force, data_dir=data_dir, source=source)
+        options = ExportOptions(formats=formats, opset=opset, onnx_exporter=onnx_exporter, atol=atol, rtol=rtol,
+                                int8_max_drop=int8_max_drop)
+        report = export_checkpoint(checkpoint, options, out_dir=out_dir, force=force, data_dir=data_dir, source=source)
     except ValidationFailed as e:
         if e.report is not None:
             click.echo(render_table(e.report), err=True)
@@ -164,7 +166,7 @@ def command(checkpoint, out_dir, formats, onnx_exporter, opset, atol, rtol, int8
     click.echo(f"wrote {report.report_file}")
 
 
-def _stamp_or_refuse(checkpoint, out, flags, force, sources) -> None:
+def _stamp_or_refuse(checkpoint, out, flags, force, checks) -> None:
     """--out or preprocessing options with CHECKPOINT: stamp it if it is an ONNX model; else say what it is
     (identified by its content, toolkit.inspect.identify: missing, empty, text, an image, a checkpoint...)."""
     from toolkit.flags import OPTION_NAMES
@@ -183,9 +185,7 @@ def _stamp_or_refuse(checkpoint, out, flags, force, sources) -> None:
         if ignored:  # never silently ignored: the stamp writes one file, the one --out names
             raise click.UsageError(f"{', '.join(ignored)} apply to exporting a checkpoint or a --module network; "
                                    f"stamping {checkpoint} writes only the copy --out names")
-        data_dir, images, run_timeout = sources
-        click.echo(render(stamp_onnx(checkpoint, flags, out, force=force, data_dir=data_dir, images=images,
-                                     run_timeout=run_timeout)))
+        click.echo(render(stamp_onnx(checkpoint, flags, out, checks, force=force)))
         click.echo(f"wrote {out}")
         return
     what = f"{checkpoint} is {MODEL_KINDS[kind]}, not an ONNX model"

@@ -264,7 +264,7 @@ class LocalEngine:
 
     def open(self, job, stack):
         """Fork the decoding workers, then open the model (see the module's docstring); returns the Predictor."""
-        from ..runtime import Predictor
+        from ..runtime import OpenOptions, Predictor
 
         files, options = job.inputs.files, job.options
         workers = self.workers
@@ -284,7 +284,7 @@ class LocalEngine:
         # thread per four cores measured faster than ORT's default on the 2-core build machine.
         threads = max(1, usable_cpus() // 4) if self.decoder.workers else None
         predictor = Predictor.open(options.model, options.provider, threads, flags=options.flags,
-                                   run_timeout=options.run_timeout)
+                                   options=OpenOptions(run_timeout=options.run_timeout))
         self.decoder.announce(predictor.contract.preprocess)
         return predictor
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ModelError, ToolkitError
 from ..preprocess import blank_images
-from ..runtime import Predictor, non_finite_rows
+from ..runtime import OpenOptions, Predictor, non_finite_rows
 from ..text import runtime_reason
 from .batcher import Batcher, QueueFull, Stopped, warm, warm_sizes
 from .metrics import ModelStats
@@ -79,7 +79,7 @@ class ServedModel:
         # No spin-waiting: ONNX Runtime's idle pool threads would take the CPUs the event loop needs to read the
         # requests that form the next batch (measured on 2 cores, 32 connections: about 2x the requests/s without).
         predictor = Predictor.open(self.path, self.options.provider, self.options.threads, flags=self.options.flags,
-                                   spin=False)
+                                   options=OpenOptions(spin=False))
         return predictor, identity
 
     def load(self) -> None:

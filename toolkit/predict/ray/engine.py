@@ -151,13 +151,14 @@ class RayEngine:
 
     def open(self, job, stack):
         """Open the model here first (a bad model fails before any cluster work), then start or join Ray."""
-        from ...runtime import Predictor
+        from ...runtime import OpenOptions, Predictor
 
         options = job.options
         # On CPU here whatever --provider says: the driver only checks the model and reads its contract, and a
         # CPU-only head node of a cluster whose workers have GPUs is the usual layout. The provider is checked
         # where the model runs, in the tasks.
-        predictor = Predictor.open(options.model, "cpu", 1, flags=options.flags, run_timeout=options.run_timeout)
+        predictor = Predictor.open(options.model, "cpu", 1, flags=options.flags,
+                                   options=OpenOptions(run_timeout=options.run_timeout))
         ray, startup = stack.enter_context(ray_session(self.address))
         # Ray's start-up, reported apart (docs/scale.md): importing Ray and starting or joining the cluster.
         self.startup_seconds += startup

@@ -165,18 +165,20 @@ def _peak(provider: str, threads: int, measure_peak: Callable[[int], Peak] | Non
         return Peak(provider, error=f"the {provider} matmul measurement failed: {type(e).__name__}: {e}"[:300])
 
 
-def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads: int, duration: float | None,
-                data: Callable[[int], np.ndarray], batches: list[int], report: BenchReport, bar) -> EngineRun:
-    """Open one engine on one provider and time every case at every batch size into ``report.results``.
+def _run_engine(engine: Engine, provider: str, run_timeout: float | None, data: Callable[[int], np.ndarray],
+                report: BenchReport, bar) -> EngineRun:
+    """Open one engine on one provider and time every case at every batch size into ``report.results``, as
+    ``report.settings`` records the run (threads, batch sizes, warm-up and timed runs, CUDA graph).
 
     A graph exported with a fixed batch dimension is timed at that size only: N images run as
     chunks of it would be another measurement than "batch N", so the other sizes are listed as skipped.
     """
+    settings, batches = report.settings, report.settings.batch_sizes
     t0 = time.perf_counter()
     engine.prepare()
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    instance = engine.open(provider, threads, {"cuda_graph": settings.cuda_graph, "run_timeout": settings.run_timeout})
+    instance = engine.open(provider, settings.threads, {"cuda_graph": settings.cuda_graph, "run_timeout": run_timeout})
     create_s = time.perf_counter() - t0
     precision = instance.precision or engine.precision
     fixed = instance.fixed_batch
@@ -201,8 +203,8 @@ def _run_engine(engine: Engine, provider: str, settings: BenchSettings, threads:
                 if pipeline is not None and any(c.mode == "e2e" for c in cases):
                     cases.append(_with_preprocessing(instance, pipeline))
                 for case in cases:
-                    first, times = measure(case.fn, warmup=settings.warmup, runs=settings.runs, duration=duration,
-                                           min_runs=settings.min_runs)
+                    first, times = measure(case.fn, warmup=settings.warmup, runs=settings.runs,
+                                           duration=settings.duration_s, min_runs=settings.min_runs)
                     stats = summarize(times, batch)
                     report.results.append(ResultRow(engine.name, provider, precision, batch, case.mode, first * 1e3,
                                              stats.runs, stats.latency_ms, stats.throughput_ips, case.nbytes))
@@ -294,8 +296,7 @@ def run_bench(settings: BenchSettings, engines: Mapping[str, type[Engine]],
         for provider, engine in plan:
             bar.set_postfix_str(f"{engine.name} on {provider}", refresh=True)
             try:
-                report.engines.append(_run_engine(engine, provider, settings, threads, duration, inputs, batches,
-                                                  report, bar))
+                report.engines.append(_run_engine(engine, provider, settings.run_timeout, inputs, report, bar))
             except (ProviderUnavailable, EngineUnavailable) as e:
                 if settings.engines is not None:
                     raise

@@ -1,4 +1,5 @@
 import shlex
+from dataclasses import dataclass
 
 import click
 
@@ -51,6 +52,16 @@ def _as_command(ctx: click.Context) -> str:
         args += [param.opts[0]] if value is True else [param.opts[0], ",".join(map(str, value))
                                                         if isinstance(value, tuple) else str(value)]
     return shlex.join(args)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files --json, --plot and --markdown name (None: not asked for); ``force``: they may replace files."""
+
+    json_path: str | None
+    plot_path: str | None
+    markdown_path: str | None
+    force: bool
 
 
 def _refuse_shared_paths(model, json_path, plot_path, markdown_path=None) -> None:
@@ -154,7 +165,7 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
                              duration=duration, threads=threads, engines=engines, cuda_graph=cuda_graph,
                              peak=not no_peak, command=_as_command(ctx), flags=flags, run_timeout=run_timeout)
     if formats is not None:
-        _formats_table(settings, known, formats, data_dir, json_path, plot_path, markdown_path, progress, force)
+        _formats_table(settings, known, data_dir, progress, Outputs(json_path, plot_path, markdown_path, force))
         return
     # OpenVINO is another vendor's runtime: timed when named or in the --formats table, not in a plain run.
     default = known if engines else {k: v for k, v in known.items() if k != "openvino"}
@@ -168,7 +179,7 @@ def command(model, provider, engines, formats, markdown_path, batch_sizes, warmu
         click.echo(printable(f"wrote {plot_path}"))
 
 
-def _formats_table(settings, known, formats, data_dir, json_path, plot_path, markdown_path, progress, force) -> None:
+def _formats_table(settings, known, data_dir, progress, outputs: Outputs) -> None:
     """`--formats`: time every engine, then run each on the MNIST test set for accuracy, one table."""
     from toolkit.atomic import write_json, write_text
     from toolkit.bench import run_bench
@@ -188,15 +199,15 @@ def _formats_table(settings, known, formats, data_dir, json_path, plot_path, mar
     session = create_session(settings.model, "cpu")[0]
     x = model_contract(session, settings.model, settings.flags).preprocess.normalize(data.test_images)
     names = [e.engine for e in report.engines if e.provider == "cpu"]
-    outputs = accuracy_pass(known, names, settings.model, x, report.settings.threads)
-    table = build_table(report, outputs, data.test_labels)
+    table = build_table(report, accuracy_pass(known, names, settings.model, x, report.settings.threads),
+                        data.test_labels)
     click.echo(render_text(table))
-    if json_path:
-        write_json(json_path, {"formats": table.to_dict(), "bench": report.to_dict()}, replace=force)
-        click.echo(printable(f"wrote {json_path}"))
-    if markdown_path:
-        write_text(markdown_path, render_markdown(table), replace=force)
-        click.echo(printable(f"wrote {markdown_path}"))
-    if plot_path:
-        write_plot(table, plot_path, replace=force)
-        click.echo(printable(f"wrote {plot_path}"))
+    if outputs.json_path:
+        write_json(outputs.json_path, {"formats": table.to_dict(), "bench": report.to_dict()}, replace=outputs.force)
+        click.echo(printable(f"wrote {outputs.json_path}"))
+    if outputs.markdown_path:
+        write_text(outputs.markdown_path, render_markdown(table), replace=outputs.force)
+        click.echo(printable(f"wrote {outputs.markdown_path}"))
+    if outputs.plot_path:
+        write_plot(table, outputs.plot_path, replace=outputs.force)
+        click.echo(printable(f"wrote {outputs.plot_path}"))

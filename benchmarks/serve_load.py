@@ -398,6 +398,17 @@ def rss_run(proc: Process, lua: Path, total: int, chunk_s: float) -> dict:
 # ---------------------------------------------------------------- the run
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How long each part runs: seconds per wrk/hey run, requests of the RSS run, in-process timed calls and
+    rounds at 1 connection in the sweeps."""
+
+    seconds: float
+    rss_total: int
+    runs: int
+    rounds: int
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="an ONNX model (default: the seed MLP, trained tiny here)")
@@ -409,28 +420,12 @@ def main() -> int:
     for tool in ("wrk", "hey"):
         if shutil.which(tool) is None:
             raise SystemExit(f"`{tool}` is not installed: apt-get install -y wrk hey")
-    seconds = args.seconds or (2.0 if args.quick else 10.0)
-    rss_total = args.rss_requests or (20_000 if args.quick else 1_000_000)
-    runs = 300 if args.quick else 3000
-
-    from toolkit.predict import prepare
-    from toolkit.runtime import Predictor
-
+    plan = Plan(seconds=args.seconds or (2.0 if args.quick else 10.0),
+                rss_total=args.rss_requests or (20_000 if args.quick else 1_000_000),
+                runs=300 if args.quick else 3000, rounds=1 if args.quick else 7)
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     try:
-        model = args.model or make_model(tmp)
-        spec = Predictor.open(model, "cpu").contract.preprocess
-        x = spec.normalize(prepare(SAMPLE.read_bytes(), spec)[None])  # one real digit, as the model sees it
-        import orjson
-
-        json_body = tmp / "infer.json"
-        json_body.write_bytes(orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                                        "data": x.ravel().tolist()}]}))
-        png_body = tmp / "digit.png"
-        png_body.write_bytes(SAMPLE.read_bytes())
-        json_lua = lua_script(tmp, json_body, "application/json")
-        png_lua = lua_script(tmp, png_body, "application/octet-stream")
-        return run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, runs, args)
+        return run_all(args.model or make_model(tmp), tmp, plan)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -473,7 +468,22 @@ def sweep(servers: dict, route: str, lua: Path, connections, seconds: float, rou
     return out
 
 
-def run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, runs, args) -> int:
+def run_all(model, tmp, plan: Plan) -> int:
+    from toolkit.predict import prepare
+    from toolkit.runtime import Predictor
+
+    spec = Predictor.open(model, "cpu").contract.preprocess
+    x = spec.normalize(prepare(SAMPLE.read_bytes(), spec)[None])  # one real digit, as the model sees it
+    import orjson
+
+    json_body = tmp / "infer.json"
+    json_body.write_bytes(orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                                    "data": x.ravel().tolist()}]}))
+    png_body = tmp / "digit.png"
+    png_body.write_bytes(SAMPLE.read_bytes())
+    json_lua = lua_script(tmp, json_body, "application/json")
+    png_lua = lua_script(tmp, png_body, "application/octet-stream")
+    seconds, runs = plan.seconds, plan.runs
     print(f"# toolkit serve under load — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {machine()}; model {model.name} ({model.stat().st_size / 1e6:.2f} MB); wrk/hey runs of "
           f"{seconds:g} s")
@@ -497,12 +507,11 @@ def run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, run
             goals.append((f"e2e p50 at 1 client, {label}", f"{e2e[label][0]:.3f} ms", f"<= {GOALS['p50_ms']} ms",
                           e2e[label][0] <= GOALS["p50_ms"]))
         print(f"(load average {load_average()})")
-        rounds = 1 if args.quick else 7
         json = sweep({"on": (on, True, None), "off": (off, True, None), "peer": (peer, False, (1, 32))},
-                     f"/v2/models/{NAME}/infer", json_lua, CONNECTIONS, seconds, rounds)
+                     f"/v2/models/{NAME}/infer", json_lua, CONNECTIONS, seconds, plan.rounds)
         print(f"(load average {load_average()})")
         image = sweep({"on": (on, True, None), "off": (off, True, None)}, f"/v2/models/{NAME}/classify", png_lua,
-                      (1, 32), seconds, rounds)
+                      (1, 32), seconds, plan.rounds)
         print(f"(load average {load_average()})")
         off.stop()
         peer.stop()
@@ -577,7 +586,7 @@ def run_all(model, tmp, x, json_body, json_lua, png_lua, seconds, rss_total, run
 
     on, _ = serve(model, tmp, 32)
     try:
-        rss = rss_run(on, json_lua, rss_total, max(seconds * 3, 10.0))
+        rss = rss_run(on, json_lua, plan.rss_total, max(seconds * 3, 10.0))
     finally:
         on.stop()
     drift = rss["peak"] / rss["warm"] - 1

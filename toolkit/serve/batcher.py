@@ -31,7 +31,7 @@ class Stopped(Exception):
     """The batcher was closed (the server is shutting down)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     x: np.ndarray
     future: asyncio.Future
@@ -46,15 +46,21 @@ class Batcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
+        self.name = name
         self._pending: collections.deque[_Item] = collections.deque()
-        self._wake = asyncio.Event()
+        # The model's thread. A batch is handed to it with executor.submit and comes back with one
+        # call_soon_threadsafe: no asyncio future wrapping the executor's and no batching task to wake in between,
+        # which on a lone request were most of the hand-off's cost. (An executor rather than a bare thread: at the
+        # interpreter's exit it waits for the batch running instead of leaving it inside ONNX Runtime.)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
-        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._launching = False  # a launch is scheduled for the end of this turn of the event loop
+        self._forming: asyncio.TimerHandle | None = None  # a batch of waiting requests waits to fill (max_delay_s)
         self.running = 0  # rows in the batch being computed
         self._closed = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        self._loop = asyncio.get_running_loop()
 
     def set_runner(self, run) -> None:
         """Swap the model (a reload); the next batch uses the new one, the running one finishes on the old."""
@@ -74,22 +80,35 @@ class Batcher:
             raise Stopped()
         if len(self._pending) >= self.max_queue:
             raise QueueFull()
-        item = _Item(x, asyncio.get_running_loop().create_future(), time.perf_counter())
-        self._pending.append(item)
-        self._wake.set()
+        loop = self._loop
+        future = loop.create_future()
+        self._pending.append(_Item(x, future, time.perf_counter()))
+        if not self.running and self._forming is None:
+            if not self._launching:
+                # The model is idle: this request runs at the end of this turn of the loop, with any other request
+                # that reached the batcher in the same turn, never after a batching wait.
+                self._launching = True
+                loop.call_soon(self._launch_idle)
+        elif self._forming is not None and self._pending_rows() >= self.max_batch:
+            self._forming.cancel()
+            self._forming = None
+            self._launch()
         if timeout_s is None:
-            return await item.future
+            return await future
+        deadline = loop.call_later(timeout_s, _expire, future)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
-            item.future.cancel()  # skipped when its batch is formed, or its result dropped
-            raise TimeoutError() from None
+            return await future
+        finally:
+            deadline.cancel()
+
+    def _pending_rows(self) -> int:
+        return sum(len(i.x) for i in self._pending)
 
     def _take(self) -> list[_Item]:
         batch, rows = [], 0
         while self._pending:
             item = self._pending[0]
-            if item.future.done():  # timed out while waiting
+            if item.future.done():  # timed out (or its client gone) while waiting
                 self._pending.popleft()
                 continue
             if batch and rows + len(item.x) > self.max_batch:
@@ -98,70 +117,82 @@ class Batcher:
             rows += len(item.x)
         return batch
 
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            idle = not self._pending
-            while not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            if not idle and self.max_delay_s > 0:
-                await self._fill(self._pending[0].queued + self.max_delay_s)
-            batch = self._take()
-            if not batch:
-                continue
-            x = batch[0].x if len(batch) == 1 else np.concatenate([b.x for b in batch])
-            self.running = len(x)
-            start = time.perf_counter()
-            try:
-                out, seconds = await loop.run_in_executor(self._executor, _timed, self._run, x)
-                error = None
-            except Exception as e:  # the model's failure is each request's answer, never the loop's end
-                out, error, seconds = None, e, time.perf_counter() - start
-            self.running = 0
-            self.stats.executed(len(x), seconds, [start - b.queued for b in batch])
-            pos = 0
-            for b in batch:
-                n = len(b.x)
-                if not b.future.done():
-                    if error is None:
-                        b.future.set_result(out[pos:pos + n])
-                    else:
-                        b.future.set_exception(error)
-                pos += n
+    def _launch_idle(self) -> None:
+        self._launching = False
+        if not self.running and self._forming is None and not self._closed:
+            self._launch()
 
-    async def _fill(self, until: float) -> None:
-        """Wait (at most until ``until``) for the waiting rows to reach max_batch."""
-        while sum(len(i.x) for i in self._pending) < self.max_batch:
-            left = until - time.perf_counter()
-            if left <= 0:
+    def _launch(self) -> None:
+        """The next batch from what waits, to the model's thread (on the event loop, the model idle)."""
+        batch = self._take()
+        if not batch:
+            return
+        x = batch[0].x if len(batch) == 1 else np.concatenate([b.x for b in batch])
+        self.running = len(x)
+        self._executor.submit(self._compute, self._run, x, batch, time.perf_counter())
+
+    def _next(self) -> None:
+        """After a batch: the requests that arrived meanwhile form the next one, after waiting up to max_delay_s
+        from the oldest's arrival for more to fill it."""
+        if not self._pending:
+            return
+        if self.max_delay_s > 0 and self._pending_rows() < self.max_batch:
+            left = self._pending[0].queued + self.max_delay_s - time.perf_counter()
+            if left > 0:
+                self._forming = self._loop.call_later(left, self._formed)
                 return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), left)
-            except (asyncio.TimeoutError, TimeoutError):
-                return
+        self._launch()
+
+    def _formed(self) -> None:
+        self._forming = None
+        if not self.running and not self._closed:
+            self._launch()
+
+    def _compute(self, run, x: np.ndarray, batch: list[_Item], launched: float) -> None:
+        """In the model's thread: run one batch, hand its outputs (or the failure) back to the event loop."""
+        start = time.perf_counter()
+        try:
+            out, error = run(x), None
+        except Exception as e:  # the model's failure is each request's answer, never the thread's end
+            out, error = None, e
+        # Timed here, around the model alone: the hand-off to and from the event loop (tens of microseconds,
+        # more on a loaded machine) is queue or request time, not the model's.
+        seconds = time.perf_counter() - start
+        try:
+            self._loop.call_soon_threadsafe(self._finished, batch, launched, out, error, seconds)
+        except RuntimeError:  # the event loop is closed: the server has stopped
+            pass
+
+    def _finished(self, batch: list[_Item], launched: float, out, error, seconds: float) -> None:
+        self.running = 0
+        self.stats.executed(sum(len(b.x) for b in batch), seconds, [launched - b.queued for b in batch])
+        pos = 0
+        for b in batch:
+            n = len(b.x)
+            if not b.future.done():
+                if error is None:
+                    b.future.set_result(out[pos:pos + n])
+                else:
+                    b.future.set_exception(error)
+            pos += n
+        if not self._closed:
+            self._next()
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        if self._forming is not None:
+            self._forming.cancel()
+            self._forming = None
         for item in self._pending:
             if not item.future.done():
                 item.future.set_exception(Stopped())
-        self._executor.shutdown(wait=False)
+        self._pending.clear()
+        self._executor.shutdown(wait=False)  # the thread ends after the batch it may be running
 
 
-def _timed(run, x: np.ndarray) -> tuple[np.ndarray, float]:
-    """The model's outputs and its compute time, timed in its own thread: the hand-off to and from the event loop
-    (tens of microseconds, more on a loaded machine) is queue or request time, not the model's."""
-    start = time.perf_counter()
-    out = run(x)
-    return out, time.perf_counter() - start
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():  # skipped when its batch is formed, or its result dropped
+        future.set_exception(TimeoutError())
 
 
 async def warm(run, sizes: list[int], example: np.ndarray) -> None:

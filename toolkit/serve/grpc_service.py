@@ -50,6 +50,7 @@ class InferenceServicer:
     def __init__(self, app):
         self.app = app
         self.m = message_classes()
+        self.infer_response = self.m["ModelInferResponse"]
 
     def handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
@@ -62,6 +63,8 @@ class InferenceServicer:
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _guard(self, method, guarded: bool):
+        guarded = guarded and self.app.limits.token is not None  # no token: no metadata to read per call
+
         async def call(request, context):
             try:
                 return await self.answer(method, guarded, request, context.invocation_metadata(),
@@ -146,7 +149,7 @@ class InferenceServicer:
                 response = await model.infer(ours)
         finally:
             self.app.inflight -= 1
-        out = self.m["ModelInferResponse"](model_name=response.model_name, model_version=response.model_version,
+        out = self.infer_response(model_name=response.model_name, model_version=response.model_version,
                                            id=response.id)
         for t in response.outputs:
             out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)

@@ -40,7 +40,8 @@ class ModelStats:
     last_reload_failed: bool = False
 
     def __post_init__(self):
-        self.batch_sizes = [0] * len(self.buckets())
+        self._edges = self.buckets()  # once: executed() runs once per batch
+        self.batch_sizes = [0] * len(self._edges)
 
     def buckets(self) -> list[int]:
         edges, n = [], 1
@@ -56,7 +57,7 @@ class ModelStats:
         self.batch_compute_us += us
         self.compute_us += us * len(waits)
         self.queue_us += sum(waits) * 1e6
-        edges = self.buckets()
+        edges = self._edges
         self.batch_sizes[min(bisect.bisect_left(edges, rows), len(edges) - 1)] += 1
         self.batch_size_sum += rows
 

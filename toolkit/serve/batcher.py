@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,11 +49,11 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.name = name
         self._pending: collections.deque[_Item] = collections.deque()
-        # The model's thread. A batch is handed to it with executor.submit and comes back with one
-        # call_soon_threadsafe: no asyncio future wrapping the executor's and no batching task to wake in between,
-        # which on a lone request were most of the hand-off's cost. (An executor rather than a bare thread: at the
-        # interpreter's exit it waits for the batch running instead of leaving it inside ONNX Runtime.)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        # The model's thread takes batches from a SimpleQueue and answers with one call_soon_threadsafe: no executor
+        # future, no asyncio future wrapping it, no batching task to wake in between, which on a lone request were
+        # most of the hand-off's cost (measured: docs/serve.md).
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._launching = False  # a launch is scheduled for the end of this turn of the event loop
         self._forming: asyncio.TimerHandle | None = None  # a batch of waiting requests waits to fill (max_delay_s)
@@ -61,6 +62,10 @@ class Batcher:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # A daemon, so that a server that stops on an error path without close() still exits (the thread then
+        # waits on an empty queue); close() waits for the batch it may be running, never left inside ONNX Runtime.
+        self._thread = threading.Thread(target=self._work, name=f"infer-{self.name}", daemon=True)
+        self._thread.start()
 
     def set_runner(self, run) -> None:
         """Swap the model (a reload); the next batch uses the new one, the running one finishes on the old."""
@@ -129,7 +134,7 @@ class Batcher:
             return
         x = batch[0].x if len(batch) == 1 else np.concatenate([b.x for b in batch])
         self.running = len(x)
-        self._executor.submit(self._compute, self._run, x, batch, time.perf_counter())
+        self._inbox.put((self._run, x, batch, time.perf_counter()))
 
     def _next(self) -> None:
         """After a batch: the requests that arrived meanwhile form the next one, after waiting up to max_delay_s
@@ -148,20 +153,22 @@ class Batcher:
         if not self.running and not self._closed:
             self._launch()
 
-    def _compute(self, run, x: np.ndarray, batch: list[_Item], launched: float) -> None:
-        """In the model's thread: run one batch, hand its outputs (or the failure) back to the event loop."""
-        start = time.perf_counter()
-        try:
-            out, error = run(x), None
-        except Exception as e:  # the model's failure is each request's answer, never the thread's end
-            out, error = None, e
-        # Timed here, around the model alone: the hand-off to and from the event loop (tens of microseconds,
-        # more on a loaded machine) is queue or request time, not the model's.
-        seconds = time.perf_counter() - start
-        try:
-            self._loop.call_soon_threadsafe(self._finished, batch, launched, out, error, seconds)
-        except RuntimeError:  # the event loop is closed: the server has stopped
-            pass
+    def _work(self) -> None:
+        """The model's thread: run each batch, hand its outputs (or the failure) back to the event loop."""
+        while (job := self._inbox.get()) is not None:
+            run, x, batch, launched = job
+            start = time.perf_counter()
+            try:
+                out, error = run(x), None
+            except Exception as e:  # the model's failure is each request's answer, never the thread's end
+                out, error = None, e
+            # Timed here, around the model alone: the hand-off to and from the event loop (tens of microseconds,
+            # more on a loaded machine) is queue or request time, not the model's.
+            seconds = time.perf_counter() - start
+            try:
+                self._loop.call_soon_threadsafe(self._finished, batch, launched, out, error, seconds)
+            except RuntimeError:  # the event loop is closed: the server has stopped
+                return
 
     def _finished(self, batch: list[_Item], launched: float, out, error, seconds: float) -> None:
         self.running = 0
@@ -187,7 +194,10 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(Stopped())
         self._pending.clear()
-        self._executor.shutdown(wait=False)  # the thread ends after the batch it may be running
+        if self._thread is not None:
+            self._inbox.put(None)  # the thread ends after the batch it may be running; that batch's answers are set
+            while self._thread.is_alive():
+                await asyncio.sleep(0.005)
 
 
 def _expire(future: asyncio.Future) -> None:

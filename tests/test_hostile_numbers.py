@@ -20,7 +20,10 @@ NOT_NUMBERS = ["nan", "inf", "-inf", "NaN", "1e999", "-1e999", "Infinity", "+inf
 
 
 def _commands(group: click.Group, prefix=()):
-    for name, command in sorted(group.commands.items()):
+    # list_commands/get_command, not group.commands: the top group loads its commands lazily.
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             yield from _commands(command, (*prefix, name))
         else:

@@ -103,6 +103,49 @@ def test_fast_path_declines_and_pillow_decides(digit, case):
         assert np.array_equal(got, digit)
 
 
+def _with_chunk(data: bytes, chunk: bytes, where: str) -> bytes:
+    """``data`` (a PNG) with ``chunk`` put right after IHDR or right before IEND."""
+    at = 33 if where == "first" else data.rindex(b"IEND") - 4
+    return data[:at] + chunk + data[at:]
+
+
+@pytest.mark.parametrize("where", ["first", "after the pixels"])
+@pytest.mark.parametrize("kind", [b"tRNS", b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"acTL"])
+def test_every_pillow_only_chunk_is_found_wherever_it_is(digit, kind, where):
+    """The chunk list is walked to IEND: a text chunk after the image data (where an EXIF or XMP orientation may
+    be) sends the file to Pillow as one before it does."""
+    data = _with_chunk(encode(Image.fromarray(digit), "PNG"), png_chunk(kind, b"\x00" * 8), where)
+    assert _plain_png(data) is None
+
+
+def test_a_chunk_name_inside_the_pixel_data_is_not_a_chunk(digit):
+    """Bytes that spell tEXt inside the compressed pixels (an unknown chunk's body here) are data, not a chunk."""
+    data = _with_chunk(encode(Image.fromarray(digit), "PNG"), png_chunk(b"prIv", b"tEXt eXIf tRNS"), "first")
+    assert b"tEXt" in data
+    assert np.array_equal(_plain_png(data), digit)
+
+
+@pytest.mark.parametrize("damage", ["length past the end", "no IEND", "cut inside a chunk header"])
+def test_a_chunk_list_that_does_not_reach_iend_is_pillows_to_judge(digit, damage):
+    data = encode(Image.fromarray(digit), "PNG")
+    iend = data.rindex(b"IEND") - 4
+    if damage == "length past the end":
+        data = data[:33] + struct.pack(">I", 1 << 30) + data[37:]
+    elif damage == "no IEND":
+        data = data[:iend]
+    else:
+        data = data[:iend] + data[iend:iend + 6]
+    assert _plain_png(data) is None
+    _judged_like_pillow(data)
+
+
+def test_rgb_photos_with_a_transparent_colour_go_to_pillow():
+    rgb = np.random.default_rng(3).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    plain = encode(Image.fromarray(rgb), "PNG")
+    assert np.array_equal(_plain_png(plain, rgb=True), rgb)
+    assert _plain_png(encode(Image.fromarray(rgb), "PNG", transparency=(1, 2, 3)), rgb=True) is None
+
+
 def _judged_like_pillow(data: bytes):
     """Our decoder refuses exactly what Pillow refuses, and otherwise decodes to Pillow's shape."""
     try:

@@ -276,7 +276,7 @@ def _oriented(gray: np.ndarray, im: Image.Image) -> np.ndarray:
 # Signature, then the IHDR chunk, which the PNG standard puts first.
 _PNG_IHDR = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"
 # Chunks that can make Pillow's pixels differ: transparency, an orientation (EXIF, or XMP/EXIF in
-# text chunks), animation frames. Looking for their names anywhere in the file errs on the safe side.
+# text chunks), animation frames.
 _PILLOW_ONLY_CHUNKS = (b"tRNS", b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"acTL")
 
 
@@ -297,7 +297,7 @@ def _plain_png(data: bytes, rgb: bool = False) -> np.ndarray | None:
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS or \
             width * height * (3 if colour == b"\x02" else 1) > DECODE_BUDGET:
         return None  # Pillow's bomb rule and the decode budget decide
-    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big") or any(c in data for c in _PILLOW_ONLY_CHUNKS):
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big") or not _only_plain_chunks(data):
         return None
     try:
         pixels = pyspng.load(data)
@@ -305,6 +305,25 @@ def _plain_png(data: bytes, rgb: bool = False) -> np.ndarray | None:
         return None
     want = (height, width, 3) if colour == b"\x02" else (height, width)
     return pixels if pixels.shape == want and pixels.dtype == np.uint8 else None
+
+
+def _only_plain_chunks(data: bytes) -> bool:
+    """Whether the chunks from IHDR to IEND are whole and none of them is one of ``_PILLOW_ONLY_CHUNKS``.
+
+    The chunk list is walked (a few dozen length fields), not the file searched for the names: searching an
+    800x600 photo's 1.2 MB six times took 3.4 ms, most of libspng's 7 ms decode. A list that does not end
+    in IEND within the file (damaged, truncated) is Pillow's to judge.
+    """
+    at, end = 8, len(data)
+    while at + 12 <= end:
+        length = int.from_bytes(data[at:at + 4], "big")
+        kind = data[at + 4:at + 8]
+        if kind in _PILLOW_ONLY_CHUNKS:
+            return False
+        if kind == b"IEND":
+            return True
+        at += 12 + length
+    return False
 
 
 def _decode_bytes(data: bytes, path, rgb: bool = False, draft=None):

@@ -272,3 +272,13 @@ def test_lookup_table_equals_normalize_in_image_mode():
     spec = image_spec(32, 32, channel_order="bgr", mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))
     pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(model_input(pixels, spec, spec.lookup_table()), spec.normalize(pixels))
+
+
+@pytest.mark.parametrize("count", [0, 1, 5])
+def test_model_input_in_blocks_equals_normalize(count):
+    """200x200x3 images are converted two at a time: a batch of five ends in a block of one, none is left out."""
+    spec = image_spec(200, 200, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))
+    pixels = np.random.default_rng(count).integers(0, 256, (count, 200, 200, 3), dtype=np.uint8)
+    got = model_input(pixels, spec)
+    assert got.shape == (count, 3, 200, 200) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, spec.normalize(pixels))

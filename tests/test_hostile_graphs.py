@@ -8,6 +8,7 @@ Classes, each with cases beyond the issue's:
 * time: an endless Loop (also inside an If; also one that loops only on real images, so the model opens and
   predict stops at its first real batch, keeping the rows before it), in predict, bench, inspect and the
   stamp, stopped by --run-timeout (exit 1) or by SIGINT / SIGTERM / two SIGINTs during the run (exit 130);
+  one node that does not look at the stop flag ends the process 10 s later, keeping predict's rows;
 * memory: an input declared 100,000 x 100,000 is refused before anything is allocated; a 2048 x 2048 input
   shrinks predict's batch to what the free memory holds; ConstantOfShape / Expand bombs that ask ONNX Runtime
   for 40 GB are one line, also under an address-space limit (RLIMIT_AS), so nothing is really allocated;
@@ -86,7 +87,7 @@ def graphs(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     made = {}
     for name in ("endless_loop", "loop_on_ink", "loop_inside_if", "huge_input", "constant_of_shape_bomb",
-                 "expand_bomb", "batch_only", "no_batch_works"):
+                 "expand_bomb", "batch_only", "no_batch_works", "one_slow_node_on_ink"):
         made[name] = getattr(hostile, name)(root / f"{name}.onnx")
         made[name + "_bare"] = getattr(hostile, name)(root / f"{name}_bare.onnx", stamped=False)
     made["wide"] = hostile.huge_input(root / "wide.onnx", side=2048)
@@ -137,6 +138,27 @@ def test_predict_stops_at_the_first_slow_batch_and_keeps_the_rows_before_it(grap
         rows = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in rows] == [f"{i:02d}.png" for i in range(20)]
     assert seconds < ENDED_WITHIN
+
+
+@pytest.mark.parametrize("stop", ["--run-timeout", "a signal"])
+def test_a_run_that_does_not_stop_when_told_ends_the_process_and_keeps_the_rows(graphs, images, tmp_path, stop):
+    """One node that does not look at ONNX Runtime's terminate flag (a NonMaxSuppression of 300,000 boxes):
+    10 s (toolkit.run_guard.STUCK_SECONDS) after the flag the process ends with one line, the exit code the stop
+    meant, the 20 rows before the stuck batch published under the output's name and no temporary file left."""
+    out = tmp_path / "rows.csv"
+    args = ["predict", images, "--model", graphs["one_slow_node_on_ink"], "--provider", "cpu", "--batch-size", 4,
+            "-o", out]
+    if stop == "a signal":
+        code, _, err, seconds = signalled([*args, "--run-timeout", 0], [signal.SIGINT], after=3)
+    else:
+        code, _, err, seconds = toolkit([*args, "--run-timeout", 1])
+    assert code == (130 if stop == "a signal" else 1), err
+    one_line(err, f"did not stop within 10 s of being told to ({stop}); ending the process",
+             f"the 20 row(s) before it are kept in {out}")
+    with open(out, newline="", encoding="utf-8") as f:
+        assert [Path(r["path"]).name for r in csv.DictReader(f)] == [f"{i:02d}.png" for i in range(20)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+    assert 10 < seconds < ENDED_WITHIN
 
 
 def test_no_limit_means_no_limit(graphs, images):

@@ -12,9 +12,11 @@ Loop stops within milliseconds of the flag). So one watchdog thread per process 
   does, and its rows are kept); a second one stops it at once. A stopped run raises RunInterrupted, a
   KeyboardInterrupt: the command ends as on Ctrl-C (exit 130), keeping what it had completed.
 
-One node's own work (a single huge Conv) is not interruptible inside ONNX Runtime. When a stopped run has not
-returned STUCK_SECONDS after the flag was set and ``exit_when_stuck`` was called (the CLI does), the process
-writes one line and ends with the exit code the stop meant (1 or 130): a command must end when told to.
+One node's own work is not always interruptible inside ONNX Runtime (a threaded MatMul is, a single-threaded
+NonMaxSuppression over 300,000 boxes is not). When a stopped run has not returned STUCK_SECONDS after the flag
+was set and ``exit_when_stuck`` was called (the CLI does), the process writes one line and ends with the exit
+code the stop meant (1 or 130): a command must end when told to. What registered with ``kept_if_stuck`` (predict's
+rows so far) is kept first.
 
 The guard costs a few attribute writes per run (the RunOptions object is reused until a run is stopped), so
 bench's timings are ONNX Runtime's own. ONNX Runtime's per-run log is silenced (severity fatal): a failing
@@ -23,6 +25,7 @@ run is reported once, in plain words, by the caller.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -152,6 +155,7 @@ def _run_options():
 
 
 _exit_when_stuck = False
+_keepers: list = []  # called before a stuck process ends: each keeps what its work produced, and says where
 
 
 def exit_when_stuck() -> None:
@@ -160,13 +164,31 @@ def exit_when_stuck() -> None:
     _exit_when_stuck = True
 
 
+@contextlib.contextmanager
+def kept_if_stuck(keep):
+    """While the block runs, ``keep()`` is called (on the watchdog's thread, the main one being inside the run)
+    before a stuck process ends; the sentence it returns, if any, ends the process's last line."""
+    _keepers.append(keep)
+    try:
+        yield
+    finally:
+        _keepers.remove(keep)
+
+
 def _stuck(guard: Guard, why: str) -> None:
     if not _exit_when_stuck:
         return
     from .text import printable
 
+    kept = []
+    for keep in list(_keepers):
+        try:
+            kept.append(keep())
+        except Exception as e:  # the line must still be written and the process end
+            kept.append(f"what was done could not be kept: {e}")
     text = (f"toolkit: error: {guard.model}: the model's run did not stop within {STUCK_SECONDS:g} s of being told "
-            f"to ({'a signal' if why == 'signal' else guard.option}); ending the process\n")
+            f"to ({'a signal' if why == 'signal' else guard.option}); ending the process"
+            + "".join(f"; {k}" for k in kept if k) + "\n")
     try:
         os.write(2, printable(text.rstrip("\n")).encode("utf-8", "replace") + b"\n")
     finally:
@@ -233,4 +255,4 @@ def _watchdog() -> _Watchdog:
         return _the_watchdog
 
 
-__all__ = ["DEFAULT_RUN_TIMEOUT", "PROBE_TIMEOUT", "Guard", "check_limit", "exit_when_stuck"]
+__all__ = ["DEFAULT_RUN_TIMEOUT", "PROBE_TIMEOUT", "Guard", "check_limit", "exit_when_stuck", "kept_if_stuck"]

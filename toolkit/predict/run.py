@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_file, atomic_folder, check_writable
-from ..errors import NoImages, PredictInterrupted, RunFailed, WorkerDied
+from ..atomic import atomic_file, atomic_folder, check_writable, destination, publish
+from ..errors import NoImages, OutputError, PredictInterrupted, RunFailed, WorkerDied
+from ..run_guard import kept_if_stuck
 from .inputs import Inputs
 from .local import LocalEngine
 from .output import PARQUET, ResultWriter, default_confusion_path, output_format, write_confusion_png
@@ -107,7 +108,8 @@ def run(paths, options: Options, reporter: Reporter | None = None) -> Summary:
             if out_path is not None:
                 # The output's temporary file is removed by the stack on any error, and renamed otherwise.
                 job.writer = recorder.writer = open_writer(stack, out_path, options, summary.classes, top_k)
-            outcome = drive(engine, job, recorder)
+            with kept_if_stuck(lambda: keep_when_stuck(job.writer, out_path, options.force)):
+                outcome = drive(engine, job, recorder)
             summary.interrupted = outcome is not None
             if job.writer is not None:
                 end_output(job.writer, summary)
@@ -179,6 +181,22 @@ def end_output(writer, summary: Summary) -> None:
         summary.output = None
     writer.finish()
     summary.rows_written = writer.rows
+
+
+def keep_when_stuck(writer, out_path: Path | None, force: bool) -> str | None:
+    """The rows written before a model run that would not stop, kept as an interrupted run keeps them; called
+    by the run guard just before it ends the process (no exit handler of the main thread runs then)."""
+    if writer is None or not writer.keeps_partial:
+        return None
+    writer.finish()
+    tmp = Path(writer.file.name)
+    if destination(out_path).stream:  # a device or descriptor gets the file's bytes only at the end
+        return f"the {writer.rows} row(s) before it are in {tmp}"
+    try:
+        publish(tmp, out_path, replace=force)
+    except OutputError as e:
+        return str(e)
+    return f"the {writer.rows} row(s) before it are kept in {out_path}"
 
 
 def worker_lost(died: WorkerDied, files: list[str], summary: Summary) -> WorkerDied:

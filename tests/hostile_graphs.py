@@ -141,9 +141,6 @@ def one_slow_node_on_ink(path, boxes: int = 300_000, **kw) -> Path:
     on zeros (the probe runs). Nothing is suppressed, so every box is compared with every box kept before it:
     n^2/2 comparisons in one thread (40,000 boxes: 0.8 s; 300,000: about 45 s), during which ONNX Runtime does
     not look at RunOptions.terminate (it does between nodes, and even inside a threaded MatMul)."""
-    def col(name, value):
-        return [_const(name + "_c", np.float32(value)), h.make_node("Mul", ["zero_i", name + "_c"], [name + "_m"]),
-                h.make_node("Add", [name + "_m", name + "_c"], [name])]
     axis0, axis1 = _const("axis0", np.array([0], np.int64)), _const("axis1", np.array([1], np.int64))
     return _save(path, [*_head(), h.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
                         h.make_node("Relu", ["peak"], ["ink"]), _const("count", np.float32(boxes)),
@@ -151,9 +148,10 @@ def one_slow_node_on_ink(path, boxes: int = 300_000, **kw) -> Path:
                         h.make_node("Cast", ["scaled"], ["n"], to=T.INT64), _const("start", np.int64(0)),
                         _const("step", np.int64(1)), h.make_node("Range", ["start", "n", "step"], ["index"]),
                         h.make_node("Cast", ["index"], ["i"], to=T.FLOAT), _const("nil", np.float32(0)),
-                        h.make_node("Mul", ["i", "nil"], ["zero_i"]), *col("y0", 0.0), *col("y1", 1.0),
-                        _const("two", np.float32(2)), h.make_node("Mul", ["i", "two"], ["x0"]),
-                        _const("one", np.float32(1)), h.make_node("Add", ["x0", "one"], ["x1"]), axis0, axis1,
+                        h.make_node("Mul", ["i", "nil"], ["y0"]), _const("one", np.float32(1)),
+                        h.make_node("Add", ["y0", "one"], ["y1"]), _const("two", np.float32(2)),
+                        h.make_node("Mul", ["i", "two"], ["x0"]), h.make_node("Add", ["x0", "one"], ["x1"]),
+                        axis0, axis1,
                         *[h.make_node("Unsqueeze", [c, "axis1"], [c + "_u"]) for c in ("y0", "x0", "y1", "x1")],
                         h.make_node("Concat", ["y0_u", "x0_u", "y1_u", "x1_u"], ["box_rows"], axis=1),
                         h.make_node("Unsqueeze", ["box_rows", "axis0"], ["all_boxes"]),

@@ -196,7 +196,11 @@ def keep_when_stuck(writer, out_path: Path | None, force: bool) -> str | None:
         publish(tmp, out_path, replace=force)
     except OutputError as e:
         return str(e)
-    return f"the {writer.rows} row(s) before it are kept in {out_path}"
+    return rows_kept(writer.rows, out_path)
+
+
+def rows_kept(rows: int, output: Path) -> str:
+    return f"the {rows} row(s) before it are kept in {output}"
 
 
 def worker_lost(died: WorkerDied, files: list[str], summary: Summary) -> WorkerDied:
@@ -210,7 +214,7 @@ def worker_lost(died: WorkerDied, files: list[str], summary: Summary) -> WorkerD
 def run_lost(failed: RunFailed, summary: Summary) -> RunFailed:
     """The model's failure, saying what was kept of the rows before it."""
     if summary.output is not None:
-        failed.reason += f"; the {summary.rows_written} row(s) before it are kept in {summary.output}"
+        failed.reason += "; " + rows_kept(summary.rows_written, summary.output)
         failed.args = (f"{failed.path}: {failed.reason}",)
     return failed
 
